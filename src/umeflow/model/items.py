@@ -53,9 +53,13 @@ class Encoded:
     embeddings: float32, L2-normalised, shape (N, D), or (N, S, D) when ``num_samples`` S > 1.
     texts:      gen mode only: the generated reasoning per item (list of S strings per item when S > 1).
     fallback:   gen mode only: True where no ``<gen_emb>`` was generated and the spec's fallback state was used.
+    generated_ids: gen mode only: the token ids each item generated (through ``<gen_emb>`` when present).
+    disc_embeddings: gen mode only: the disc embeddings, read from the same prefill at no extra cost.
     """
 
     embeddings: np.ndarray
     texts: list | None = None
     fallback: np.ndarray | None = None
+    generated_ids: list | None = None
+    disc_embeddings: np.ndarray | None = None
     stats: dict = field(default_factory=dict)

@@ -1,0 +1,217 @@
+"""Disc and gen embeddings, batched (method.md §1.4, §4.1, §4.2).
+
+disc: one left-padded forward; the last-layer state at the last ``<disc_emb>`` of each prompt.
+
+gen:  one batched, left-padded ``generate``. A forward hook on the language model keeps, for every decoding step,
+      only the last-layer state of the token fed at that step (B × D per step) — not every layer's states at every
+      step, which is what ``output_hidden_states=True`` would store. Step k ≥ 1 feeds generated token k−1, so the
+      state of ``<gen_emb>`` generated at position j is step j+1 (the spec's ``hidden_states[j+1][-1]``). Only the
+      generated ids are searched, and the *last* ``<gen_emb>`` there is taken: the one inside GENERATION_PROMPT is
+      never used. A row stops one step after it emits ``<gen_emb>`` so that token's state is computed; the extra
+      token is dropped from the returned text. A row that never emits ``<gen_emb>`` (EOS or budget reached) falls back
+      to the state of its last fed step — what UME-R1's evaluation reads (``hidden_states[-1]``) — and is flagged.
+      The prefill step also yields the disc embedding for free (``Encoded.disc_embeddings``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from umeflow.errors import UserError
+from umeflow.model.backbone import Backbone, language_model, load_backbone
+from umeflow.model.inputs import build_batch
+from umeflow.model.items import Encoded, Item
+
+log = logging.getLogger(__name__)
+
+
+class _LastStateRecorder:
+    """Forward hook that records ``last_hidden_state`` of the language model, per call."""
+
+    def __init__(self):
+        self.prefill: torch.Tensor | None = None  # (B, L, D) of the prompt
+        self.steps: list[torch.Tensor] = []  # step k: (B, D), the state of the token fed at step k
+
+    def __call__(self, module, args, output):
+        hs = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        if self.prefill is None:
+            self.prefill = hs.detach()
+        self.steps.append(hs[:, -1].detach())
+
+
+class _StopAfterGenEmb:
+    """Per-row stopping: one step after ``<gen_emb>`` is generated, or at ``budget`` tokens without it."""
+
+    def __init__(self, prompt_len: int, gen_emb_id: int, budget: int):
+        self.prompt_len, self.gen_emb_id, self.budget = prompt_len, gen_emb_id, budget
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        gen = input_ids[:, self.prompt_len:]
+        n = gen.shape[1]
+        emitted_before_last = (gen[:, :-1] == self.gen_emb_id).any(dim=1)
+        over_budget = (n >= self.budget) & (gen[:, -1] != self.gen_emb_id)
+        return emitted_before_last | over_budget
+
+
+def _normalise(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+
+class Embedder:
+    """``Embedder(model_dir).encode(items, mode="disc"|"gen", ...)`` → ``Encoded`` (L2-normalised float32)."""
+
+    def __init__(self, model: str | os.PathLike | Backbone, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        self.backbone = model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype, device=device)
+        self.model = self.backbone.model
+        self.processor = self.backbone.processor
+        self.tokenizer = self.backbone.tokenizer
+        self.device = next(self.model.parameters()).device
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        ids.add(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        return {i for i in ids if i is not None}
+
+    def batch(self, items: Sequence[Item], completions: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        batch = build_batch(self.processor, items, completions, self.backbone.family.name)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ---------------------------------------------------------------- public API
+    @torch.no_grad()
+    def encode(self, items: Sequence[Item | dict], mode: str = "disc", batch_size: int = 8,
+               max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
+               num_samples: int = 1, seed: int | None = None, progress: bool = True) -> Encoded:
+        if mode not in ("disc", "gen"):
+            raise UserError(f"mode must be 'disc' or 'gen', got {mode!r}")
+        if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+            raise UserError("batch_size, max_new_tokens and num_samples must be ≥ 1")
+        if num_samples > 1 and not do_sample and mode == "gen":
+            raise UserError("num_samples > 1 needs do_sample=True (greedy decoding gives identical samples)")
+        items = [it if isinstance(it, Item) else Item.from_dict(it) for it in items]
+        if not items:
+            raise UserError("no items to encode")
+        if seed is not None:
+            torch.manual_seed(seed)
+        if mode == "disc":
+            return self._encode_disc(items, batch_size, progress)
+        expanded = [it for it in items for _ in range(num_samples)]
+        enc = self._encode_gen(expanded, batch_size, max_new_tokens, do_sample, temperature, progress)
+        if num_samples > 1:
+            n, d = len(items), enc.embeddings.shape[-1]
+            enc.embeddings = enc.embeddings.reshape(n, num_samples, d)
+            enc.fallback = enc.fallback.reshape(n, num_samples)
+            enc.texts = [enc.texts[i * num_samples:(i + 1) * num_samples] for i in range(n)]
+            enc.generated_ids = [enc.generated_ids[i * num_samples:(i + 1) * num_samples] for i in range(n)]
+            enc.disc_embeddings = enc.disc_embeddings[::num_samples]
+        return enc
+
+    # ---------------------------------------------------------------- disc
+    def _encode_disc(self, items: list[Item], batch_size: int, progress: bool) -> Encoded:
+        out = []
+        for start in tqdm(range(0, len(items), batch_size), desc="embed disc", disable=not progress,
+                          total=math.ceil(len(items) / batch_size), leave=False):
+            batch = self.batch(items[start:start + batch_size])
+            hs = language_states(self.model, batch)
+            out.append(_normalise(gather_last(hs, batch["input_ids"], self.backbone.disc_emb_id)))
+        return Encoded(embeddings=np.concatenate(out), stats={"mode": "disc", "num_items": len(items)})
+
+    # ---------------------------------------------------------------- gen
+    def _encode_gen(self, items: list[Item], batch_size: int, max_new_tokens: int, do_sample: bool,
+                    temperature: float, progress: bool) -> Encoded:
+        embs, discs, texts, fallback, gen_ids = [], [], [], [], []
+        gen_tokens = 0
+        for start in tqdm(range(0, len(items), batch_size), desc="embed gen", disable=not progress,
+                          total=math.ceil(len(items) / batch_size), leave=False):
+            e, d, t, f, ids, n = self._generate_batch(items[start:start + batch_size], max_new_tokens, do_sample,
+                                                 temperature)
+            embs.append(e)
+            discs.append(d)
+            texts.extend(t)
+            fallback.extend(f)
+            gen_ids.extend(ids)
+            gen_tokens += n
+        fb = np.asarray(fallback, dtype=bool)
+        if fb.any():
+            log.warning("%d of %d items produced no <gen_emb>; used the last generated state (flagged in "
+                        "Encoded.fallback)", int(fb.sum()), len(fb))
+        return Encoded(embeddings=np.concatenate(embs), texts=texts, fallback=fb, generated_ids=gen_ids,
+                       disc_embeddings=np.concatenate(discs),
+                       stats={"mode": "gen", "num_items": len(items), "fallback_count": int(fb.sum()),
+                              "generated_tokens": gen_tokens})
+
+    def _generate_batch(self, items: list[Item], max_new_tokens: int, do_sample: bool, temperature: float):
+        from transformers import StoppingCriteriaList
+
+        batch = self.batch(items)
+        prompt_len = batch["input_ids"].shape[1]
+        gen_id = self.backbone.gen_emb_id
+        recorder = _LastStateRecorder()
+        handle = language_model(self.model).register_forward_hook(recorder)
+        try:
+            sequences = self.model.generate(
+                **batch, max_new_tokens=max_new_tokens + 1, do_sample=do_sample,
+                temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                stopping_criteria=StoppingCriteriaList([_StopAfterGenEmb(prompt_len, gen_id, max_new_tokens)]),
+                pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=False)
+        finally:
+            handle.remove()
+        steps = torch.stack(recorder.steps, dim=1)  # (B, S, D); S = number of forward calls
+        disc = _normalise(gather_last(recorder.prefill, batch["input_ids"], self.backbone.disc_emb_id))
+        generated = sequences[:, prompt_len:].cpu()
+        rows, texts, fallback, kept_ids = [], [], [], []
+        for b in range(generated.shape[0]):
+            ids = generated[b].tolist()
+            length = self._row_length(ids, gen_id, max_new_tokens)
+            own = ids[:length]
+            hits = [j for j, t in enumerate(own) if t == gen_id]
+            if hits:
+                j = hits[-1]
+                rows.append(steps[b, j + 1])
+                keep = own[:j + 1]
+                fallback.append(False)
+            else:
+                # UME-R1 reads hidden_states[-1]: the state of the last token fed in this row's own generation,
+                # i.e. step (length - 1) — the final generated token itself is never fed.
+                rows.append(steps[b, max(length - 1, 0)])
+                keep = [t for t in own if t not in self.eos_ids]
+                fallback.append(True)
+            texts.append(self.tokenizer.decode(keep, skip_special_tokens=True))
+            kept_ids.append(own[:hits[-1] + 1] if hits else own)
+        return _normalise(torch.stack(rows)), disc, texts, fallback, kept_ids, int(generated.numel())
+
+    def _row_length(self, ids: list[int], gen_id: int, budget: int) -> int:
+        """Number of tokens this row generated on its own (excluding padding after it stopped)."""
+        for j, t in enumerate(ids):
+            if t in self.eos_ids:
+                return j + 1
+            if t == gen_id:
+                return j + 1  # ``<gen_emb>`` ends the embedding span; the step after it is ours, not the model's
+            if j + 1 >= budget:
+                return j + 1
+        return len(ids)
+
+
+def language_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Last-layer states (after the final norm) of a plain forward, without the LM head (no 152k-wide logits)."""
+    inner = getattr(model, "model", model)
+    out = inner(**batch, use_cache=False)
+    return out.last_hidden_state
+
+
+def gather_last(states: torch.Tensor, input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """``states[b, last position of token_id in input_ids[b]]``; every row must contain the token."""
+    hit = input_ids == token_id
+    if not bool(hit.any(dim=1).all()):
+        missing = (~hit.any(dim=1)).nonzero().flatten().tolist()
+        raise UserError(f"rows {missing} contain no token id {token_id}; the prompt format is broken")
+    pos = hit.shape[1] - 1 - hit.flip(1).float().argmax(dim=1)
+    return states[torch.arange(states.shape[0], device=states.device), pos]

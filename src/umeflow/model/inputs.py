@@ -1,0 +1,125 @@
+"""Turn ``Item``s into model inputs: chat rendering, image/video patches, placeholder expansion, left padding.
+
+We assemble the batch ourselves instead of calling ``processor(text, images, videos)`` because transformers' video
+processors need torchvision (never installed here). Images still go through the checkpoint's own image processor; a
+video is a list of frames that we resize and patchify exactly as the Qwen2-VL video processor lays them out
+(``patchify_frames``; a test checks it against the image processor on a still clip). Placeholders are expanded to
+``grid_t·grid_h·grid_w / merge²`` tokens, and ``mm_token_type_ids`` (0 text, 1 image, 2 video) are computed from the
+ids, as ``ProcessorMixin`` does; a test checks image-only batches against the processor's own output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from umeflow.errors import UserError
+from umeflow.model.chat import build_messages, render_prompt
+from umeflow.model.items import ImageLike, Item
+
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+# UME-R1 SFT caps each video frame at 32·28·28 pixels (method.md §1.3); images keep the processor's own limits.
+VIDEO_MAX_FRAME_PIXELS = 32 * 28 * 28
+
+
+def open_image(img: ImageLike) -> Image.Image:
+    if isinstance(img, Image.Image):
+        return img.convert("RGB")
+    path = Path(img)
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"image file {path} does not exist") from None
+    except (OSError, SyntaxError) as e:
+        raise UserError(f"image file {path} cannot be decoded: {e}") from None
+
+
+def _limits(image_processor) -> tuple[int, int]:
+    size = image_processor.size
+    get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
+    return int(get("shortest_edge") or 56 * 56), int(get("longest_edge") or 28 * 28 * 1280)
+
+
+def patchify_frames(frames: Sequence[Image.Image], image_processor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames → (pixel_values_videos, video_grid_thw) in the Qwen2-VL patch order.
+
+    All frames are resized (bicubic) to the first frame's ``smart_resize`` size, rescaled, normalised; the clip is
+    padded to a multiple of the temporal patch by repeating the last frame.
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    ps, ms, tps = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
+    min_px, max_px = _limits(image_processor)
+    w0, h0 = frames[0].size
+    h, w = smart_resize(h0, w0, factor=ps * ms, min_pixels=min_px, max_pixels=min(max_px, VIDEO_MAX_FRAME_PIXELS))
+    mean = np.asarray(image_processor.image_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(image_processor.image_std, dtype=np.float32)[:, None, None]
+    arr = np.stack([np.asarray(f.convert("RGB").resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+                    .transpose(2, 0, 1) * image_processor.rescale_factor for f in frames])
+    arr = (arr - mean) / std
+    if arr.shape[0] % tps:
+        arr = np.concatenate([arr, np.repeat(arr[-1:], tps - arr.shape[0] % tps, axis=0)])
+    t, c = arr.shape[0] // tps, arr.shape[1]
+    gh, gw = h // ps, w // ps
+    patches = arr.reshape(t, tps, c, gh // ms, ms, ps, gw // ms, ms, ps).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = patches.reshape(t * gh * gw, c * tps * ps * ps)
+    return torch.from_numpy(np.ascontiguousarray(flat)), torch.tensor([[t, gh, gw]])
+
+
+def _expand(text: str, placeholder: str, counts: list[int]) -> str:
+    parts = text.split(placeholder)
+    if len(parts) - 1 != len(counts):
+        raise AssertionError(f"{len(parts) - 1} {placeholder} in the prompt but {len(counts)} media")
+    out = parts[0]
+    for n, rest in zip(counts, parts[1:]):
+        out += placeholder * n + rest
+    return out
+
+
+def build_batch(processor, items: Sequence[Item], completions: Sequence[str] | None = None,
+                family_name: str = "qwen2_vl") -> dict[str, torch.Tensor]:
+    """Left-padded model inputs for ``items``; ``completions`` (teacher forcing) are appended after the prompt."""
+    tok = processor.tokenizer
+    ip = processor.image_processor
+    merge = ip.merge_size ** 2
+    texts, images_pv, images_thw, videos_pv, videos_thw = [], [], [], [], []
+    for i, item in enumerate(items):
+        messages, imgs, vids = build_messages(item)
+        if vids and family_name == "qwen3_vl":
+            raise UserError("video inputs for Qwen3-VL need its video processor (torchvision); not supported here")
+        text = render_prompt(processor, messages)
+        if completions is not None:
+            text += completions[i]
+        img_counts = []
+        if imgs:
+            out = ip(images=[open_image(im) for im in imgs], return_tensors="pt")
+            images_pv.append(out["pixel_values"])
+            images_thw.append(out["image_grid_thw"])
+            img_counts = [int(g.prod()) // merge for g in out["image_grid_thw"]]
+        vid_counts = []
+        for frames in vids:
+            pv, thw = patchify_frames([open_image(f) for f in frames], ip)
+            videos_pv.append(pv)
+            videos_thw.append(thw)
+            vid_counts.append(int(thw.prod()) // merge)
+        text = _expand(_expand(text, IMAGE_PAD, img_counts), VIDEO_PAD, vid_counts)
+        texts.append(text)
+    enc = tok(texts, padding=True, return_tensors="pt", padding_side="left")
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    ids = batch["input_ids"]
+    mm = torch.zeros_like(ids)
+    mm[ids == tok.convert_tokens_to_ids(IMAGE_PAD)] = 1
+    mm[ids == tok.convert_tokens_to_ids(VIDEO_PAD)] = 2
+    batch["mm_token_type_ids"] = mm
+    if images_pv:
+        batch["pixel_values"], batch["image_grid_thw"] = torch.cat(images_pv), torch.cat(images_thw)
+    if videos_pv:
+        batch["pixel_values_videos"] = torch.cat(videos_pv)
+        batch["video_grid_thw"] = torch.cat(videos_thw)
+    return batch
