@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(init)
     init.add_argument("--out")
     init.add_argument("--family", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
-    init.add_argument("--tokenizer", choices=["qwen2", "compact"])
     init.add_argument("--assets-dir")
 
     embed = sub.add_parser("embed", help="embed MMEB-style items (JSONL) with a checkpoint")
@@ -66,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--model")
     ev.add_argument("--tasks", help="'offline' or comma-separated task names")
-    ev.add_argument("--mode", choices=["disc", "gen"])
+    ev.add_argument("--mode", choices=["disc", "gen", "both"], help="both: disc and gen from one generation pass")
     ev.add_argument("--out")
     ev.add_argument("--data-root")
     ev.add_argument("--batch-size", type=int)
@@ -100,7 +99,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from umeflow.model import tiny
 
         cfg = load_config(ModelInitConfig, args.config, args.overrides, out=args.out, family=args.family,
-                          tokenizer=args.tokenizer, assets_dir=args.assets_dir)
+                          assets_dir=args.assets_dir)
         path = tiny.init_tiny(cfg)
         print(path)
         return 0

@@ -47,15 +47,22 @@ class DataConfig:
     out: str = "state/data"
     seed: int = 0
     on_bad_record: str = "error"  # "error" | "skip" (skip counts and reports)
-    # offline eval suite sizes (queries per task)
-    eval_fashion_per_class: int = 100
-    eval_digits_per_class: int = 100
-    eval_tuxpaint_fraction: float = 0.4  # share of Tux Paint stamps held out for evaluation (hash split)
-    eval_retrieval_candidates: int = 100  # candidates per query for TuxPaint I2T/T2I (local lists)
+    # offline eval suite sizes (queries per task); defaults keep the whole build under a minute on 2 CPU cores
+    eval_fashion_per_class: int = 50
+    eval_fashion_vqa_per_class: int = 30
+    eval_digits_per_class: int = 50
+    eval_tuxpaint_fraction: float = 0.4  # share of Tux Paint stamps held out for evaluation (hash split by stem)
+    eval_retrieval_candidates: int = 100  # candidates per query for TuxPaint I2T/T2I (local lists, GT first)
     eval_video_segments_per_clip: int = 8
     # training pairs
-    train_fashion_per_class: int = 1000
-    train_mnist_per_class: int = 300
+    train_fashion_per_class: int = 200
+    train_fashion_vqa_per_class: int = 40
+    train_mnist_per_class: int = 100
+    tuxpaint_limit: int = 0  # use only the first N stamps in hash order (0 = all); for quick tests
+    # media
+    image_max_side: int = 112  # Tux Paint stamps are fitted into this box on white (digits keep native size)
+    video_frames_per_segment: int = 8  # the MMEB-V2 frame count
+    video_frame_max_side: int = 112
 
 
 @dataclass
@@ -64,8 +71,7 @@ class ModelInitConfig:
     out: str = "state/models/tiny"
     assets_dir: str = "state/assets"
     family: str = "qwen2_vl"  # qwen2_vl | qwen2_5_vl | qwen3_vl
-    tokenizer: str = "qwen2"  # "qwen2": the real Qwen2 tokenizer from the npm asset; "compact": a local BPE
-    compact_vocab_size: int = 4096
+    tokenizer: str = "qwen2"  # the real Qwen2 tokenizer from the npm asset (the only one so far)
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
@@ -100,7 +106,7 @@ class EvaluateConfig:
     model: str = "state/models/tiny"
     data_root: str = "state/data/eval"
     tasks: str = "offline"  # "offline" or a comma-separated list of task names
-    mode: str = "disc"  # disc | gen
+    mode: str = "both"  # disc | gen | both (both = one generation pass; disc comes from its prefill)
     out: str = "state/eval"
     batch_size: int = 8
     max_new_tokens: int = 64

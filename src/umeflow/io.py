@@ -74,7 +74,7 @@ def git_sha() -> str | None:
 
 
 def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict:
+                   extra: dict[str, Any] | None = None, name: str = "run_info.json") -> dict:
     """Write the step contract's ``run_info.json``: git sha, resolved config + hash, input hashes, MLflow run."""
     from umeflow.config import config_hash
 
@@ -87,5 +87,5 @@ def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] 
         "image_digest": os.environ.get("UMEFLOW_IMAGE_DIGEST"),
     }
     info.update(extra or {})
-    write_json(Path(out_dir) / "run_info.json", info)
+    write_json(Path(out_dir) / name, info)
     return info

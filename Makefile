@@ -1,0 +1,65 @@
+# umeflow — two commands a newcomer needs:
+#   make run    fetch assets → build data → init the tiny model → evaluate the offline suite (disc + gen) → table
+#   make test   the test suite (installs the venv from the lock file first when it is missing)
+# Everything runs offline from the pinned registry packages; outputs go under state/ (UMEFLOW_STATE to move them).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STATE ?= state
+# torch 2.13.0+cpu comes from the machine's wheel directory (PIP_FIND_LINKS); see README "Install".
+FIND_LINKS := $(or $(PIP_FIND_LINKS),/opt/wheels)
+RECIPE ?= configs/tiny.yaml
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-all venv lock bench clean-state
+
+# The venv is rebuilt whenever the lock or the project metadata changes.
+$(BIN)/.installed: requirements-lock.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check uv==0.13.9
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements-lock.txt --find-links $(FIND_LINKS)
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
+	$(BIN)/python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	@touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/umeflow assets fetch --config $(RECIPE) --cache-dir $(STATE)/assets
+	$(BIN)/umeflow data build --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/data
+	$(BIN)/umeflow model init-tiny --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/models/tiny
+	$(BIN)/umeflow evaluate --config $(RECIPE) --model $(STATE)/models/tiny --data-root $(STATE)/data/eval \
+		--tasks offline --mode both --out $(STATE)/eval/tiny-init
+
+# Fast suite (what CI runs). Tests marked slow/gpu/cluster are excluded; `make test-all` runs the slow ones too.
+test: venv
+	$(BIN)/python -m pytest -m "not slow and not gpu and not cluster" $(PYTEST_ARGS)
+
+test-all: venv
+	$(BIN)/python -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)
+
+bench: venv run
+	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
+
+# Regenerate the lock from the direct pins in pyproject.toml (needs PyPI); never resolves torchvision.
+lock: venv
+	$(BIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(d['dependencies'] + d['optional-dependencies']['test']))" > .lock.in
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip compile .lock.in --find-links $(FIND_LINKS) --python-version 3.11 \
+		--index-url https://pypi.org/simple --no-header --no-annotate -o .lock.out
+	{ echo "# Full pinned closure for Python 3.11 on Linux x86_64 (CPU). Regenerate with: make lock"; \
+	  echo "# torch comes from the CPU wheel in \$$PIP_FIND_LINKS. NEVER add torchvision."; \
+	  grep -v '^#' .lock.out; } > requirements-lock.txt
+	rm -f .lock.in .lock.out
+	! grep -q '^torchvision' requirements-lock.txt
+
+clean-state:
+	rm -rf $(STATE)

@@ -1,0 +1,138 @@
+"""Gen-embedding extraction: the UME-R1 README way vs ``Embedder.encode``, same model, same inputs.
+
+Reference (UME-R1 README): one sample at a time, ``generate(..., output_hidden_states=True,
+return_dict_in_generate=True)``, then ``hidden_states[j+1][-1]`` for the last generated ``<gen_emb>`` at position j
+(``hidden_states[-1][-1]`` when there is none). Ours: ``Embedder.encode(mode="gen")``, batched with left padding and
+a last-layer hook. Both decode greedily, so they must produce the same embeddings (cosine ≥ 0.999 is checked).
+
+A randomly initialised model never chooses ``<gen_emb>`` by itself, so by default the benchmark adds a fixed bias
+to that logit (``--gen-emb-bias``): greedy decoding then emits it after a content-dependent number of tokens, and
+the batch mixes lengths the way a trained model's would. Prints ``speedup=<ratio>`` as its last line.
+
+    python benchmarks/embed_throughput.py [--model state/models/tiny] [--items 32] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+class BiasedHead(torch.nn.Module):
+    def __init__(self, head, token_id, bias):
+        super().__init__()
+        self.head, self.token_id, self.bias = head, token_id, bias
+
+    def forward(self, x):
+        out = self.head(x)
+        out[..., self.token_id] += self.bias
+        return out
+
+
+def load_items(data_root: str, n: int):
+    """Real offline-suite queries (images + text) when the data is built, else generated images."""
+    from PIL import Image
+
+    from umeflow.model.items import Item
+
+    items = []
+    tasks_file = os.path.join(data_root, "tasks.json")
+    if os.path.isfile(tasks_file):
+        from umeflow.evaluate.tasks import load_task_rows, offline_tasks
+
+        for task in offline_tasks(data_root):
+            if task.modality != "image":
+                continue
+            queries, _ = load_task_rows(task, data_root)
+            items.extend(q for q in queries[: max(1, n // 4)])
+            if len(items) >= n:
+                break
+    rng = np.random.default_rng(0)
+    while len(items) < n:
+        side = int(rng.integers(40, 120))
+        img = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+        items.append(Item(text="describe this picture " * int(rng.integers(1, 6)), images=(img,)))
+    return items[:n]
+
+
+def reference_gen_embeddings(model, embedder, items, max_new_tokens):
+    """Returns (embeddings, readable) — readable[i] is False where <gen_emb> is the very last budgeted token, the
+    one case where the README way cannot read its state (it falls back to the previous token by design)."""
+    gen_id = embedder.backbone.gen_emb_id
+    out, readable = [], []
+    for item in items:
+        batch = embedder.batch([item])
+        res = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, output_hidden_states=True,
+                             return_dict_in_generate=True, pad_token_id=embedder.tokenizer.pad_token_id)
+        generated = res.sequences[0, batch["input_ids"].shape[1]:].tolist()
+        hits = [j for j, t in enumerate(generated) if t == gen_id]
+        # README get_embedding_idx: j+1; fall back to the last step when absent or when <gen_emb> is the last token
+        idx = hits[-1] + 1 if hits and hits[-1] + 1 < len(res.hidden_states) else -1
+        readable.append(not (hits and idx == -1))
+        out.append(torch.nn.functional.normalize(res.hidden_states[idx][-1][0, -1], dim=-1).numpy())
+    return np.stack(out), np.asarray(readable)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="state/models/tiny")
+    ap.add_argument("--data-root", default="state/data/eval")
+    ap.add_argument("--items", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--gen-emb-bias", type=float, default=9.0)
+    ap.add_argument("--repeats", type=int, default=2, help="timed repetitions (best is reported)")
+    args = ap.parse_args(argv)
+
+    from umeflow.model.embedder import Embedder
+
+    torch.manual_seed(0)
+    embedder = Embedder(args.model)
+    model = embedder.model
+    if args.gen_emb_bias:
+        model.lm_head = BiasedHead(model.lm_head, embedder.backbone.gen_emb_id, args.gen_emb_bias)
+    items = load_items(args.data_root, args.items)
+
+    with torch.no_grad():  # warm-up both paths (first calls allocate and compile kernels)
+        reference_gen_embeddings(model, embedder, items[:2], 4)
+        embedder.encode(items[:2], mode="gen", max_new_tokens=4, progress=False)
+
+    ref_t, ours_t = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref, readable = reference_gen_embeddings(model, embedder, items, args.max_new_tokens)
+        ref_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        enc = embedder.encode(items, mode="gen", batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                              progress=False)
+        ours_t.append(time.perf_counter() - t0)
+
+    cos = np.sum(ref * enc.embeddings, axis=1)[readable]
+    lengths = [len(ids) for ids in enc.generated_ids]
+    print(f"model={args.model} items={len(items)} batch_size={args.batch_size} max_new_tokens={args.max_new_tokens} "
+          f"threads={torch.get_num_threads()}")
+    print(f"with <gen_emb>: {int((~enc.fallback).sum())}/{len(items)}; generated lengths min/mean/max = "
+          f"{min(lengths)}/{np.mean(lengths):.1f}/{max(lengths)}")
+    print(f"reference per-sample generate(output_hidden_states): {min(ref_t):.2f}s "
+          f"({len(items) / min(ref_t):.1f} items/s)")
+    print(f"Embedder.encode batched:                           {min(ours_t):.2f}s "
+          f"({len(items) / min(ours_t):.1f} items/s)")
+    print(f"agreement: min cosine {cos.min():.6f}, mean {cos.mean():.6f} over {readable.sum()} items "
+          f"({(~readable).sum()} excluded: <gen_emb> as the last budgeted token, which the README way cannot read)")
+    if cos.min() < 0.999:
+        print("FAILED: the two ways disagree (cosine < 0.999)", file=sys.stderr)
+        return 1
+    print(f"speedup={min(ref_t) / min(ours_t):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Minimal scorer: metric conformance, aggregation, MMEB-layout loaders, bad input, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from umeflow.errors import RecordError
+from umeflow.evaluate.metrics import hit_at_k, ndcg_linear_at_k, score_rankings
+from umeflow.evaluate.report import aggregate
+from umeflow.evaluate.runner import EmbeddingStore, evaluate_task
+from umeflow.evaluate.tasks import TaskMeta, load_task, offline_tasks, sample_frames
+from umeflow.model.items import Encoded
+
+COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+def test_hit_at_k_with_several_positives():
+    assert hit_at_k(["a", "b", "c"], ["b", "c"], 1) == 0.0
+    assert hit_at_k(["a", "b", "c"], ["b", "c"], 2) == 1.0
+    assert score_rankings([["a", "b"], ["b", "a"]], [["a"], ["a"]])["hit@1"] == 0.5
+
+
+def test_ndcg_linear_matches_hand_computation():
+    # graded relevance: d1=3, d2=1; ranking d3, d1, d2
+    got = ndcg_linear_at_k(["d3", "d1", "d2"], ["d1", "d2"], 5, [3, 1])
+    dcg = 0 + 3 / math.log2(3) + 1 / math.log2(4)
+    idcg = 3 / math.log2(2) + 1 / math.log2(3)
+    assert got == pytest.approx(dcg / idcg)
+    assert ndcg_linear_at_k(["x"], ["d1"], 5, [0]) == 0.0  # IDCG 0 → 0, not a division error
+
+
+def _task(**kw) -> TaskMeta:
+    base = dict(name="T", modality="image", category="I-CLS")
+    base.update(kw)
+    return TaskMeta(**base)
+
+
+def test_aggregate_is_mean_over_tasks_and_skips_smoke():
+    tasks = [_task(name="a"), _task(name="b"), _task(name="c", modality="video", category="V-CLS"),
+             _task(name="s", modality="video", category="V-CLS", smoke=True)]
+    res = {n: {"scores": {"disc": {"hit@1": s}}} for n, s in (("a", 1.0), ("b", 0.5), ("c", 0.0), ("s", 1.0))}
+    agg = aggregate(tasks, res, "disc")
+    assert agg["overall"] == pytest.approx(0.5)  # (1 + .5 + 0) / 3, not mean of modality means (0.375)
+    assert agg["modalities"] == {"image": 0.75, "video": 0.0}
+    assert agg["num_tasks"] == 3
+
+
+def _write_fixture(root):
+    """A two-task suite in the offline layout: colour classification (local) and a video smoke task (global)."""
+    images = root / "image-tasks" / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for name, rgb in COLORS.items():
+        Image.new("RGB", (56, 56), rgb).save(images / f"{name}.png")
+        cands = [name] + [c for c in COLORS if c != name]
+        rows.append({"qry_inst": "Represent the given image for classification", "qry_text": "",
+                     "qry_img_path": f"{name}.png", "tgt_inst": "", "tgt_text": cands,
+                     "tgt_img_path": [""] * 3})
+    (root / "image-tasks" / "Colors.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    frames = root / "video-tasks" / "frames" / "Clips"
+    vrows = []
+    for name, rgb in list(COLORS.items())[:2]:
+        d = frames / f"{name}_clip"
+        d.mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (56, 56), rgb).save(d / f"{i:03d}.jpg")
+        vrows.append({"video_id": f"{name}_clip", "pos_text": name, "qry_inst": "Recognize the video."})
+    (root / "video-tasks" / "Clips.jsonl").write_text("".join(json.dumps(r) + "\n" for r in vrows))
+    tasks = [dict(name="Colors", modality="image", category="I-CLS", eval_type="local",
+                  file="image-tasks/Colors.jsonl", media_root="image-tasks/images", num_queries=3),
+             dict(name="Clips", modality="video", category="V-CLS", eval_type="global",
+                  file="video-tasks/Clips.jsonl", media_root="video-tasks/frames/Clips", smoke=True, num_queries=2)]
+    (root / "tasks.json").write_text(json.dumps(tasks))
+    return root
+
+
+class ColourOracleEmbedder:
+    """Test double for the model (not a mock of anything we ship): embeds an item as the one-hot of the colour
+    its image shows or its text names, so the runner's naming, ranking and scoring can be checked exactly."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def _vec(self, item):
+        v = np.zeros(4, dtype=np.float32)
+        media = list(item.images) + list(item.video or ())
+        if media:
+            rgb = np.asarray(Image.open(media[0]).convert("RGB")).reshape(-1, 3).mean(0)
+            v[int(np.argmax(rgb))] = 1
+        else:
+            for i, c in enumerate(COLORS):
+                if c in item.text:
+                    v[i] = 1
+        if not v.any():
+            v[3] = 1
+        return v
+
+    def encode(self, items, mode="disc", **kw):
+        self.seen += len(items)
+        e = np.stack([self._vec(it) for it in items])
+        if mode == "gen":
+            return Encoded(embeddings=e, texts=[""] * len(items), fallback=np.zeros(len(items), bool),
+                           disc_embeddings=e)
+        return Encoded(embeddings=e)
+
+
+def test_runner_scores_fixture_exactly_and_dedups(tmp_path):
+    root = _write_fixture(tmp_path)
+    tasks = {t.name: t for t in offline_tasks(root)}
+    emb = ColourOracleEmbedder()
+    store = EmbeddingStore(emb)
+    res = evaluate_task(tasks["Colors"], root, store, ("disc", "gen"))
+    assert res["scores"]["disc"]["hit@1"] == 1.0 and res["scores"]["gen"]["hit@1"] == 1.0
+    vid = evaluate_task(tasks["Clips"], root, store, ("disc",))
+    assert vid["scores"]["disc"]["hit@1"] == 1.0
+    assert vid["num_candidates"] == 2  # global pool = union of the labels
+    # "red"/"green" label texts were already embedded for Colors: the video task re-used them
+    assert store.calls < store.requests and emb.seen == store.calls
+    data = load_task(tasks["Clips"], root)
+    assert len(data.queries[0].video) == 8  # MMEB-V2 frame count, linspace over 10 frames
+
+
+def test_sample_frames_repeats_when_short(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.jpg")
+    assert [p.name for p in sample_frames(tmp_path)] == ["0.jpg", "1.jpg"] + ["2.jpg"] * 6
+    for i in range(3, 10):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.jpg")
+    assert [p.name for p in sample_frames(tmp_path)] == [f"{i}.jpg" for i in (0, 1, 2, 3, 5, 6, 7, 9)]
+
+
+@pytest.mark.parametrize("mutate,line,field", [
+    (lambda rows: rows.__setitem__(1, "{not json"), 2, None),
+    (lambda rows: rows.__setitem__(2, json.dumps({"qry_text": "", "qry_img_path": "red.png",
+                                                  "tgt_img_path": [""]})), 3, "tgt_text"),
+    (lambda rows: rows.__setitem__(0, rows[0].replace("red.png", "nope.png")), 1, "qry_img_path"),
+    (lambda rows: rows.__setitem__(1, rows[1].replace('"tgt_img_path": ["", "", ""]', '"tgt_img_path": [""]')),
+     2, "tgt_img_path"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, mutate, line, field):
+    root = _write_fixture(tmp_path)
+    path = root / "image-tasks" / "Colors.jsonl"
+    rows = path.read_text().splitlines()
+    mutate(rows)
+    path.write_text("\n".join(rows) + "\n")
+    task = {t.name: t for t in offline_tasks(root)}["Colors"]
+    with pytest.raises(RecordError) as err:
+        load_task(task, root)
+    assert err.value.line == line and err.value.field == field
+    assert str(path) in str(err.value)
+
+
+def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path, tiny_model_dir):
+    from umeflow.cli import main
+
+    root = _write_fixture(tmp_path / "data")
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data-root", str(root), "--mode", "both",
+               "--out", str(out), "--max-new-tokens", "4"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["tasks"]) == {"Colors", "Clips"}
+    for mode in ("disc", "gen"):
+        s = json.loads((out / mode / "Colors_score.json").read_text())
+        assert 0.0 <= s["hit@1"] <= 1.0 and s["num_pred"] == 3
+    # smoke task reported but not averaged: overall == Colors
+    assert summary["aggregates"]["disc"]["overall"] == summary["tasks"]["Colors"]["scores"]["disc"]["hit@1"]
+    report = (out / "report.md").read_text()
+    assert "Colors" in report and "smoke, not averaged" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "disc.Colors.hit_at_1" in metrics and "gen.overall" in metrics
+    assert json.loads((out / "run_info.json").read_text())["config"]["mode"] == "both"
+
+
+def test_evaluate_cli_reports_unknown_task(tmp_path, tiny_model_dir, capsys):
+    from umeflow.cli import main
+
+    root = _write_fixture(tmp_path / "data")
+    rc = main(["evaluate", "--model", str(tiny_model_dir), "--data-root", str(root), "--tasks", "Nope",
+               "--out", str(tmp_path / "e")])
+    assert rc == 2 and "Nope" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
