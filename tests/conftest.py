@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+Everything runs offline: the hub is disabled for the whole session and data comes from the pinned registry assets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # set at import so it is in place before any test module imports transformers
+
+
+# ---------------------------------------------------------------------------------------------- assets and data
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """The extracted registry assets (``UMEFLOW_TEST_ASSETS``, default ``state/assets``); fetched on first use,
+    a marker check afterwards."""
+    from umeflow.assets import fetch
+    from umeflow.config import AssetsConfig
+
+    cache_dir = os.environ.get("UMEFLOW_TEST_ASSETS", "state/assets")
+    fetch(AssetsConfig(cache_dir=cache_dir))
+    return Path(cache_dir)
+
+
+# ------------------------------------------------------------------------------------------------------- models
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(assets_dir, tmp_path_factory) -> Path:
+    """A tiny randomly initialised Qwen2-VL checkpoint with the real Qwen2 tokenizer, built once per session."""
+    from umeflow.config import ModelInitConfig
+    from umeflow.model.tiny import init_tiny
+
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    return Path(init_tiny(ModelInitConfig(out=str(out), assets_dir=str(assets_dir))))
