@@ -48,8 +48,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)``; a malformed line raises ``RecordError`` naming file and line."""
+def iter_jsonl_lenient(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, record)``, or ``(line_number, RecordError)`` for a malformed line, so that callers
+    in skip mode can count it and go on."""
     from umeflow.errors import RecordError
 
     with open(path, encoding="utf-8") as f:
@@ -59,10 +60,22 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise RecordError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}") from None
+                yield lineno, RecordError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}")
+                continue
             if not isinstance(rec, dict):
-                raise RecordError(path, lineno, None, f"expected a JSON object, got {type(rec).__name__}")
+                yield lineno, RecordError(path, lineno, None, f"expected a JSON object, got {type(rec).__name__}")
+                continue
             yield lineno, rec
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)``; a malformed line raises ``RecordError`` naming file and line."""
+    from umeflow.errors import RecordError
+
+    for lineno, rec in iter_jsonl_lenient(path):
+        if isinstance(rec, RecordError):
+            raise rec
+        yield lineno, rec
 
 
 def git_sha() -> str | None:

@@ -17,15 +17,15 @@ Kinds:
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from umeflow.errors import BadRecordCounter, RecordError
+from umeflow.io import iter_jsonl_lenient
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -171,23 +171,6 @@ def _check_frames(folder: Path) -> str | None:
     return None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict | RecordError]]:
-    """Like ``io.iter_jsonl`` but yields a malformed line as an error value so skip mode can continue past it."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, RecordError(path, lineno, None, f"malformed JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(rec, dict):
-                yield lineno, RecordError(path, lineno, None, f"expected a JSON object, got {type(rec).__name__}")
-                continue
-            yield lineno, rec
-
-
 def load_records(path: str | os.PathLike, kind: str, media_root: str | os.PathLike | None = None,
                  on_bad_record: str | BadRecordCounter = "error") -> tuple[list[dict], BadRecordCounter]:
     """Read and validate a JSONL file of records of ``kind``; return ``(records, counter)``.
@@ -207,7 +190,7 @@ def load_records(path: str | os.PathLike, kind: str, media_root: str | os.PathLi
     root = Path(media_root) if media_root is not None else None
     media_status: dict[str, str | None] = {}  # retrieval tasks name the same image many times: check each once
     records = []
-    for lineno, rec in _lines(path):
+    for lineno, rec in iter_jsonl_lenient(path):
         if isinstance(rec, RecordError):
             counter.handle(rec)
             continue
