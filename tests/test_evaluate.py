@@ -81,31 +81,48 @@ def _write_fixture(root):
 
 class ColourOracleEmbedder:
     """Test double for the model (not a mock of anything we ship): embeds an item as the one-hot of the colour
-    its image shows or its text names, so the runner's naming, ranking and scoring can be checked exactly."""
+    its image shows or its text names, so the runner's naming, ranking and scoring can be checked exactly.
+    ``blind`` maps a mode to the colours whose *images* it cannot see (it then leans slightly to a wrong colour);
+    ``sample_sees`` lets pass@k samples see only in the listed sample indices."""
 
-    def __init__(self):
+    def __init__(self, blind=None, sample_sees=()):
+        self.blind = blind or {}
+        self.sample_sees = set(sample_sees)
         self.seen = 0
 
-    def _vec(self, item):
+    def _vec(self, item, mode, sample=None):
         v = np.zeros(4, dtype=np.float32)
         media = list(item.images) + list(item.video or ())
         if media:
             rgb = np.asarray(Image.open(media[0]).convert("RGB")).reshape(-1, 3).mean(0)
-            v[int(np.argmax(rgb))] = 1
+            colour = list(COLORS)[int(np.argmax(rgb))]
+            if sample is None:
+                blind = colour in self.blind.get(mode, ())
+            else:
+                blind = sample not in self.sample_sees
+            if blind:  # sees a blur that leans a little towards the next colour: wrong and unsure
+                v[:3] = 1
+                v[(list(COLORS).index(colour) + 1) % 3] = 1.1
+            else:
+                v[list(COLORS).index(colour)] = 1
         else:
             for i, c in enumerate(COLORS):
                 if c in item.text:
                     v[i] = 1
         if not v.any():
             v[3] = 1
-        return v
+        return v / np.linalg.norm(v)
 
-    def encode(self, items, mode="disc", **kw):
+    def encode(self, items, mode="disc", num_samples=1, do_sample=False, **kw):
         self.seen += len(items)
-        e = np.stack([self._vec(it) for it in items])
+        if mode == "gen" and num_samples > 1:
+            e = np.stack([np.stack([self._vec(it, "gen", s) for s in range(num_samples)]) for it in items])
+            return Encoded(embeddings=e, texts=[[""] * num_samples for _ in items],
+                           fallback=np.zeros((len(items), num_samples), bool))
+        e = np.stack([self._vec(it, mode) for it in items])
         if mode == "gen":
             return Encoded(embeddings=e, texts=[""] * len(items), fallback=np.zeros(len(items), bool),
-                           disc_embeddings=e)
+                           disc_embeddings=np.stack([self._vec(it, "disc") for it in items]))
         return Encoded(embeddings=e)
 
 
@@ -115,14 +132,67 @@ def test_runner_scores_fixture_exactly_and_dedups(tmp_path):
     emb = ColourOracleEmbedder()
     store = EmbeddingStore(emb)
     res = evaluate_task(tasks["Colors"], root, store, ("disc", "gen"))
-    assert res["scores"]["disc"]["hit@1"] == 1.0 and res["scores"]["gen"]["hit@1"] == 1.0
+    for pair in ("disc_disc", "gen_gen", "disc_gen", "gen_disc"):
+        assert res["scores"][pair]["hit@1"] == 1.0
     vid = evaluate_task(tasks["Clips"], root, store, ("disc",))
-    assert vid["scores"]["disc"]["hit@1"] == 1.0
+    assert vid["scores"]["disc_disc"]["hit@1"] == 1.0
     assert vid["num_candidates"] == 2  # global pool = union of the labels
     # "red"/"green" label texts were already embedded for Colors: the video task re-used them
     assert store.calls < store.requests and emb.seen == store.calls
     data = load_task(tasks["Clips"], root)
     assert len(data.queries[0].video) == 8  # MMEB-V2 frame count, linspace over 10 frames
+
+
+def test_oracle_selector_and_pass_at_k(tmp_path):
+    root = _write_fixture(tmp_path)
+    task = {t.name: t for t in offline_tasks(root)}["Colors"]
+    # disc cannot see blue images, gen cannot see red or green: disc 2/3, gen 1/3, oracle 3/3
+    emb = ColourOracleEmbedder(blind={"disc": {"blue"}, "gen": {"red", "green"}}, sample_sees={1})
+    res = evaluate_task(task, root, EmbeddingStore(emb), ("disc", "gen"), pass_k=3)
+    s = res["scores"]
+    assert s["disc_disc"]["hit@1"] == pytest.approx(2 / 3) and s["gen_gen"]["hit@1"] == pytest.approx(1 / 3)
+    assert s["oracle"]["hit@1"] == 1.0
+    # a blind mode has a small top-1 margin, so the selector picks the seeing mode every time
+    assert s["selector"]["hit@1"] == 1.0 and s["selector"]["chose_gen_fraction"] == pytest.approx(1 / 3)
+    assert s["pass@3"]["hit@1"] == 1.0  # only sample 1 sees, and one good sample is enough
+
+
+def test_aggregate_refuses_incomplete_sets():
+    tasks = [_task(name="a"), _task(name="b", category="I-QA"), _task(name="c", category="I-QA")]
+    res = {n: {"scores": {"disc": {"hit@1": 1.0}}} for n in ("a", "b")}
+    agg = aggregate(tasks, res, "disc")
+    assert agg["overall"] is None and not agg["complete"] and agg["missing"] == ["c"]
+    assert agg["categories"] == {"I-CLS": 1.0, "I-QA": None}
+    assert agg["modalities"] == {"image": None}
+
+
+def test_cache_persists_and_resumes_after_interruption(tmp_path):
+    from umeflow.evaluate.cache import EmbeddingCache
+
+    root = _write_fixture(tmp_path / "data")
+    task = {t.name: t for t in offline_tasks(root)}["Colors"]
+
+    class Interrupting(ColourOracleEmbedder):
+        def encode(self, items, **kw):
+            if self.seen >= 2:
+                raise KeyboardInterrupt  # the run dies after two items were embedded and persisted
+            return super().encode(items, **kw)
+
+    first = EmbeddingStore(Interrupting(), cache=EmbeddingCache(tmp_path / "cache", "m"), chunk_size=1)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_task(task, root, first, ("disc",))
+    assert first.calls == 3  # two chunks done, the third was started when the run died
+    emb = ColourOracleEmbedder()
+    second = EmbeddingStore(emb, cache=EmbeddingCache(tmp_path / "cache", "m"), chunk_size=1)
+    res = evaluate_task(task, root, second, ("disc",))
+    assert res["scores"]["disc_disc"]["hit@1"] == 1.0
+    assert emb.seen == 6 - 2  # 3 queries + 3 candidates, minus the two persisted before the interruption
+    third = EmbeddingStore(ColourOracleEmbedder(), cache=EmbeddingCache(tmp_path / "cache", "m"))
+    evaluate_task(task, root, third, ("disc",))
+    assert third.calls == 0 and third.requests == 6  # everything is a cache hit
+    other_model = EmbeddingStore(ColourOracleEmbedder(), cache=EmbeddingCache(tmp_path / "cache", "other"))
+    evaluate_task(task, root, other_model, ("disc",))
+    assert other_model.calls == 6  # the cache is per model fingerprint
 
 
 def test_sample_frames_repeats_when_short(tmp_path):
@@ -161,19 +231,22 @@ def test_evaluate_cli_end_to_end_with_tiny_model(tmp_path, tiny_model_dir):
     root = _write_fixture(tmp_path / "data")
     out = tmp_path / "eval"
     rc = main(["evaluate", "--model", str(tiny_model_dir), "--data-root", str(root), "--mode", "both",
-               "--out", str(out), "--max-new-tokens", "4"])
+               "--out", str(out), "--max-new-tokens", "4", "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {"Colors", "Clips"}
-    for mode in ("disc", "gen"):
-        s = json.loads((out / mode / "Colors_score.json").read_text())
+    for pair in ("disc_disc", "disc_gen", "gen_disc", "gen_gen"):
+        s = json.loads((out / "scores" / f"Colors_{pair}_score.json").read_text())
         assert 0.0 <= s["hit@1"] <= 1.0 and s["num_pred"] == 3
     # smoke task reported but not averaged: overall == Colors
-    assert summary["aggregates"]["disc"]["overall"] == summary["tasks"]["Colors"]["scores"]["disc"]["hit@1"]
+    agg = summary["aggregates"]
+    assert agg["disc_disc"]["overall"] == summary["tasks"]["Colors"]["scores"]["disc_disc"]["hit@1"]
+    assert agg["oracle"]["overall"] >= max(agg["disc_disc"]["overall"], agg["gen_gen"]["overall"])
     report = (out / "report.md").read_text()
-    assert "Colors" in report and "smoke, not averaged" in report
+    assert "Colors" in report and "smoke, not averaged" in report and "oracle" in report
+    assert (out / "categories.png").stat().st_size > 1000
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "disc.Colors.hit_at_1" in metrics and "gen.overall" in metrics
+    assert "disc_disc.Colors.hit_at_1" in metrics and "gen_gen.overall" in metrics and "selector.overall" in metrics
     assert json.loads((out / "run_info.json").read_text())["config"]["mode"] == "both"
 
 
@@ -182,6 +255,67 @@ def test_evaluate_cli_reports_unknown_task(tmp_path, tiny_model_dir, capsys):
 
     root = _write_fixture(tmp_path / "data")
     rc = main(["evaluate", "--model", str(tiny_model_dir), "--data-root", str(root), "--tasks", "Nope",
-               "--out", str(tmp_path / "e")])
+               "--out", str(tmp_path / "e"), "--cache-dir", ""])
     assert rc == 2 and "Nope" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_ties_never_favour_the_ground_truth(tmp_path):
+    root = _write_fixture(tmp_path)
+    task = {t.name: t for t in offline_tasks(root)}["Colors"]
+
+    class Collapsed(ColourOracleEmbedder):
+        def encode(self, items, mode="disc", **kw):
+            return Encoded(embeddings=np.ones((len(items), 4), np.float32) / 2)
+
+    res = evaluate_task(task, root, EmbeddingStore(Collapsed()), ("disc",))
+    assert res["scores"]["disc_disc"]["hit@1"] == 0.0  # GT is listed first; a tie must not hand it rank 1
+
+
+def test_killed_evaluation_resumes_from_the_cache(tmp_path, tiny_model_dir):
+    """SIGKILL a real `umeflow evaluate` mid-task; the rerun embeds only what was not persisted, same scores."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = _write_fixture(tmp_path / "data")
+    rows = (root / "image-tasks" / "Colors.jsonl").read_text().splitlines()
+    images = root / "image-tasks" / "images"
+    more = []
+    for i in range(30):  # 30 distinct query images: enough chunks to be killed in the middle of the task
+        Image.new("RGB", (56, 56), (i * 8, 255 - i * 8, 90)).save(images / f"q{i}.png")
+        more.append(rows[i % 3].replace(f'"{list(COLORS)[i % 3]}.png"', f'"q{i}.png"'))
+    (root / "image-tasks" / "Colors.jsonl").write_text("\n".join(more) + "\n")
+    cache = tmp_path / "cache"
+
+    def cmd(out):
+        return [sys.executable, "-m", "umeflow.cli", "evaluate", "--model", str(tiny_model_dir), "--data-root",
+                str(root), "--tasks", "Colors", "--mode", "gen", "--max-new-tokens", "24", "--out", str(out),
+                "--cache-dir", str(cache), "--set", "cache_chunk_size=2", "--batch-size", "2"]
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    parts = []
+    while time.time() < deadline and proc.poll() is None:
+        parts = list(cache.glob("*/gen-*/part-*.npz"))
+        if len(parts) >= 3:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and len(parts) >= 3, "the run finished before it could be killed; enlarge it"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed").exists()  # no partial report that looks complete
+
+    subprocess.run(cmd(tmp_path / "resumed"), env=env, check=True, capture_output=True)
+    resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    unique = 30 + 3  # query images + label texts
+    assert 0 < resumed["embedding_calls"] <= unique - 2 * len(parts)
+    cache_fresh = tmp_path / "fresh"
+    fresh_cmd = [a if a != str(cache) else str(cache_fresh) for a in cmd(tmp_path / "fresh-out")]
+    subprocess.run(fresh_cmd, env=env, check=True, capture_output=True)
+    fresh = json.loads((tmp_path / "fresh-out" / "summary.json").read_text())
+    assert fresh["embedding_calls"] == unique
+    assert resumed["tasks"]["Colors"]["scores"] == fresh["tasks"]["Colors"]["scores"]

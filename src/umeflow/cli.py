@@ -64,10 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score MMEB-style tasks (Hit@1 / NDCG@5)")
     _common(ev)
     ev.add_argument("--model")
-    ev.add_argument("--tasks", help="'offline' or comma-separated task names")
+    ev.add_argument("--tasks", help="offline | mmeb-v2 | image | video | visdoc | comma-separated task names")
     ev.add_argument("--mode", choices=["disc", "gen", "both"], help="both: disc and gen from one generation pass")
     ev.add_argument("--out")
-    ev.add_argument("--data-root")
+    ev.add_argument("--data-root", help="local folder or s3://bucket/prefix")
+    ev.add_argument("--cache-dir", help="persistent embedding cache ('' for none)")
+    ev.add_argument("--pass-k", type=int, help="sample k gen embeddings per query and report pass@k")
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--max-new-tokens", type=int)
     ev.add_argument("--max-queries-per-task", type=int)
@@ -116,7 +118,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(EvaluateConfig, args.config, args.overrides, model=args.model, tasks=args.tasks,
                           mode=args.mode, out=args.out, data_root=args.data_root, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task)
+                          max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task,
+                          cache_dir=args.cache_dir, pass_k=args.pass_k)
         evaluate.run(cfg)
         return 0
     raise AssertionError(f"unhandled command {cmd}")

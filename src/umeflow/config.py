@@ -104,13 +104,18 @@ class EmbedConfig:
 class EvaluateConfig:
     SECTION = "evaluate"
     model: str = "state/models/tiny"
-    data_root: str = "state/data/eval"
-    tasks: str = "offline"  # "offline" or a comma-separated list of task names
+    data_root: str = "state/data/eval"  # local folder or s3://bucket/prefix (MMEB-V2 layout or the offline suite)
+    tasks: str = "offline"  # offline | mmeb-v2 | image | video | visdoc | comma-separated task names
     mode: str = "both"  # disc | gen | both (both = one generation pass; disc comes from its prefill)
     out: str = "state/eval"
     batch_size: int = 8
     max_new_tokens: int = 64
     max_queries_per_task: int = 0  # 0 = all; >0 subsamples deterministically (marked in the report)
+    pass_k: int = 0  # >0: also sample k gen embeddings per query and report pass@k (an upper bound)
+    temperature: float = 1.0  # sampling temperature for pass@k
+    cache_dir: str = "state/cache/embeddings"  # persistent embedding cache ("" = memory only)
+    cache_chunk_size: int = 64  # items embedded between cache writes: a killed run loses at most this much work
+    tracking_uri: str = ""  # MLflow tracking URI; empty = MLFLOW_TRACKING_URI from the environment, if set
     seed: int = 0
 
 

@@ -38,3 +38,16 @@ def score_rankings(rankings: Sequence[Sequence[str]], labels: Sequence[Sequence[
         out[f"ndcg_linear@{k}"] = sum(ndcg_linear_at_k(r, l, k, s)
                                       for r, l, s in zip(rankings, labels, rel_scores)) / n
     return out
+
+
+def per_query(rankings: Sequence[Sequence[str]], labels: Sequence[Sequence[str]], metric: str,
+              rel_scores: Sequence[Sequence[float] | None] | None = None) -> list[float]:
+    """The task's main metric (``hit@k`` or ``ndcg_linear@k``) for each query, for oracle/selector/pass@k."""
+    name, _, k = metric.partition("@")
+    k = int(k)
+    rel_scores = rel_scores or [None] * len(rankings)
+    if name == "hit":
+        return [hit_at_k(r, l, k) for r, l in zip(rankings, labels)]
+    if name == "ndcg_linear":
+        return [ndcg_linear_at_k(r, l, k, s) for r, l, s in zip(rankings, labels, rel_scores)]
+    raise ValueError(f"unknown metric {metric!r}")

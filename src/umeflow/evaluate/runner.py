@@ -1,114 +1,187 @@
 """One generic runner for every task: embed unique queries/candidates once per mode, rank, score.
 
-Embeddings are keyed by content (text + media bytes), so a candidate shared by several tasks, or the same label text
-used by every query, is embedded once per mode and run. In gen mode the disc embedding comes from the same prefill,
-so ``modes=("disc", "gen")`` costs one generation pass.
+Embeddings come from an ``EmbeddingStore`` that keys them by content (text + media bytes) and persists them
+(``evaluate.cache``): a candidate shared by many queries or tasks is embedded once per mode and model, and a killed
+run resumes where it stopped. In gen mode the disc embedding is read from the same prefill, so ``--mode both`` costs
+one generation pass.
+
+Per task the runner scores every query-mode × target-mode pair it has (disc/disc, disc/gen, gen/disc, gen/gen), the
+oracle (per query the better of disc/disc and gen/gen — an upper bound, it uses the labels), the label-free selector
+(``evaluate.selector``), and pass@k when sampled gen embeddings are requested.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from umeflow.evaluate.metrics import score_rankings
+from umeflow.evaluate import selector
+from umeflow.evaluate.cache import EmbeddingCache, content_key, setting_name
+from umeflow.evaluate.metrics import per_query, score_rankings
 from umeflow.evaluate.tasks import TaskData, TaskMeta, load_task
 from umeflow.model.items import Item
 
 log = logging.getLogger(__name__)
 
+__all__ = ["EmbeddingStore", "evaluate_task", "subsample", "content_key", "pair_name"]
 
-def content_key(item: Item) -> str:
-    """Stable key of what the model sees: text plus the bytes of every image/frame (paths may differ)."""
-    h = hashlib.sha256(item.text.encode())
-    for group, media in (("i", item.images), ("v", item.video or ())):
-        for m in media:
-            h.update(group.encode())
-            if isinstance(m, (str, Path)):
-                h.update(hashlib.sha256(Path(m).read_bytes()).digest())
-            else:
-                h.update(m.tobytes())
-    return h.hexdigest()
+
+def pair_name(qmode: str, tmode: str) -> str:
+    return f"{qmode}_{tmode}"
 
 
 @dataclass
 class EmbeddingStore:
-    """Embeddings per mode and content key for one model; ``calls`` counts items actually sent to the model."""
+    """Embeddings per setting and content key for one model; ``calls`` counts items actually sent to the model."""
 
     embedder: object
+    cache: EmbeddingCache = field(default_factory=lambda: EmbeddingCache(None, "memory"))
     batch_size: int = 8
     max_new_tokens: int = 64
-    vectors: dict[str, dict[str, np.ndarray]] = field(default_factory=lambda: {"disc": {}, "gen": {}})
-    fallback: dict[str, bool] = field(default_factory=dict)
-    texts: dict[str, str] = field(default_factory=dict)
+    chunk_size: int = 64  # items per cache write: a kill loses at most this much work
+    temperature: float = 1.0
+    progress: bool = True
     calls: int = 0
     requests: int = 0
 
-    def embed(self, items: list[Item], modes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def _gen_setting(self, sample: int | None = None) -> str:
+        if sample is None:
+            return setting_name("gen", self.max_new_tokens)
+        return setting_name("gen", self.max_new_tokens, True, self.temperature, sample)
+
+    def embed(self, items: list[Item], mode: str, desc: str = "") -> tuple[np.ndarray, list[str]]:
+        """(N, D) embeddings of ``items`` in ``mode`` ("disc" or "gen"); computes only what the cache lacks."""
         keys = [content_key(it) for it in items]
         self.requests += len(items)
-        todo: dict[str, Item] = {}
-        for k, it in zip(keys, items):
-            if any(k not in self.vectors[m] for m in modes):
-                todo.setdefault(k, it)
+        setting = "disc" if mode == "disc" else self._gen_setting()
+        todo = dict.fromkeys(self.cache.missing(setting, keys))
         if todo:
-            todo_keys, todo_items = list(todo), list(todo.values())
-            self.calls += len(todo_items)
-            if "gen" in modes:
-                enc = self.embedder.encode(todo_items, mode="gen", batch_size=self.batch_size,
-                                           max_new_tokens=self.max_new_tokens)
-                for i, k in enumerate(todo_keys):
-                    self.vectors["gen"][k] = enc.embeddings[i]
-                    self.vectors["disc"][k] = enc.disc_embeddings[i]
-                    self.fallback[k] = bool(enc.fallback[i])
-                    self.texts[k] = enc.texts[i]
+            by_key = dict(zip(keys, items))
+            self._compute([by_key[k] for k in todo], list(todo), mode, desc)
+        return np.stack([self.cache.get(setting, k)[0] for k in keys]), keys
+
+    def embed_samples(self, items: list[Item], k: int, desc: str = "") -> np.ndarray:
+        """(N, k, D) sampled gen embeddings for pass@k."""
+        keys = [content_key(it) for it in items]
+        settings = [self._gen_setting(s) for s in range(k)]
+        todo = dict.fromkeys(key for s in settings for key in self.cache.missing(s, keys))
+        if todo:
+            by_key = dict(zip(keys, items))
+            todo_keys = list(todo)
+            bar = tqdm(total=len(todo_keys), desc=f"{desc} gen×{k}", unit="item", disable=not self.progress,
+                       leave=False)
+            for start in range(0, len(todo_keys), self.chunk_size):
+                chunk = todo_keys[start:start + self.chunk_size]
+                enc = self.embedder.encode([by_key[c] for c in chunk], mode="gen", batch_size=self.batch_size,
+                                           max_new_tokens=self.max_new_tokens, do_sample=True,
+                                           temperature=self.temperature, num_samples=k, progress=False)
+                self.calls += len(chunk) * k
+                for s in range(k):
+                    self.cache.put(settings[s], chunk, enc.embeddings[:, s], [t[s] for t in enc.texts],
+                                   enc.fallback[:, s])
+                bar.update(len(chunk))
+            bar.close()
+        return np.stack([np.stack([self.cache.get(s, key)[0] for s in settings]) for key in keys])
+
+    def _compute(self, items: list[Item], keys: list[str], mode: str, desc: str) -> None:
+        bar = tqdm(total=len(items), desc=f"{desc} {mode}".strip(), unit="item", disable=not self.progress,
+                   leave=False)
+        for start in range(0, len(items), self.chunk_size):
+            chunk_items, chunk_keys = items[start:start + self.chunk_size], keys[start:start + self.chunk_size]
+            self.calls += len(chunk_items)
+            if mode == "gen":
+                enc = self.embedder.encode(chunk_items, mode="gen", batch_size=self.batch_size,
+                                           max_new_tokens=self.max_new_tokens, progress=False)
+                self.cache.put(self._gen_setting(), chunk_keys, enc.embeddings, enc.texts, enc.fallback)
+                missing_disc = set(self.cache.missing("disc", chunk_keys))
+                if missing_disc:  # the disc vectors came with the same prefill: keep them too
+                    idx = [i for i, k in enumerate(chunk_keys) if k in missing_disc]
+                    self.cache.put("disc", [chunk_keys[i] for i in idx], enc.disc_embeddings[idx])
             else:
-                enc = self.embedder.encode(todo_items, mode="disc", batch_size=self.batch_size)
-                for i, k in enumerate(todo_keys):
-                    self.vectors["disc"][k] = enc.embeddings[i]
-        return {m: np.stack([self.vectors[m][k] for k in keys]) for m in modes}, keys
+                enc = self.embedder.encode(chunk_items, mode="disc", batch_size=self.batch_size, progress=False)
+                self.cache.put("disc", chunk_keys, enc.embeddings)
+            bar.update(len(chunk_items))
+        bar.close()
 
-
-def _rank(data: TaskData, q: np.ndarray, names: list[str], c: np.ndarray) -> list[list[str]]:
-    index = {n: i for i, n in enumerate(names)}
-    rankings = []
-    for qi in range(len(data.queries)):
-        own = data.query_candidates[qi] if data.query_candidates is not None else names
-        rows = c[[index[n] for n in own]]
-        scores = rows @ q[qi]
-        # stable sort: ties keep list order, as VLM2Vec's argsort over the candidate list does
-        order = np.argsort(-scores, kind="stable")
-        rankings.append([own[i] for i in order])
-    return rankings
+    def gen_info(self, keys: list[str]) -> tuple[list[str], list[bool]]:
+        setting = self._gen_setting()
+        entries = [self.cache.get(setting, k) for k in keys]
+        return [e[1] or "" for e in entries], [bool(e[2]) for e in entries]
 
 
 def subsample(data: TaskData, max_queries: int, seed: int) -> TaskData:
     if not max_queries or len(data.queries) <= max_queries:
         return data
     idx = np.sort(np.random.default_rng(seed).choice(len(data.queries), max_queries, replace=False))
-    qc = [data.query_candidates[i] for i in idx] if data.query_candidates is not None else None
-    return TaskData(data.meta, [data.queries[i] for i in idx], [data.labels[i] for i in idx], data.candidates, qc)
+    pick = lambda xs: [xs[i] for i in idx] if xs is not None else None  # noqa: E731
+    return TaskData(data.meta, pick(data.queries), pick(data.labels), data.candidates, pick(data.query_candidates),
+                    pick(getattr(data, "rel_scores", None)))
 
 
-def evaluate_task(meta: TaskMeta, data_root: str | Path, store: EmbeddingStore, modes: tuple[str, ...],
-                  max_queries: int = 0, seed: int = 0) -> dict:
+def _scores_and_rankings(data: TaskData, q: np.ndarray, names: list[str], c: np.ndarray):
+    """Per query: its candidate names ranked best first, and the confidence of that ranking."""
+    index = {n: i for i, n in enumerate(names)}
+    rankings, conf = [], []
+    full = q @ c.T if data.query_candidates is None else None
+    for qi in range(len(data.queries)):
+        if full is None:
+            own = data.query_candidates[qi]
+            scores = c[[index[n] for n in own]] @ q[qi]
+        else:
+            own, scores = names, full[qi]
+        # Exact ties are broken *against* list order. MMEB lists put the ground truth first, so an order-keeping
+        # sort would hand a collapsed model (all scores equal) a perfect Hit@1; this way it scores nothing.
+        top = (len(own) - 1 - np.argsort(-scores[::-1], kind="stable"))[:10]
+        rankings.append([own[i] for i in top])
+        conf.append(selector.confidence(scores))
+    return rankings, np.asarray(conf)
+
+
+def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple[str, ...],
+                  max_queries: int = 0, seed: int = 0, pass_k: int = 0) -> dict:
     full = load_task(meta, data_root)
     data = subsample(full, max_queries, seed)
+    rel = getattr(data, "rel_scores", None)
     names = list(data.candidates)
     if data.query_candidates is not None:  # local: embed only the candidates these queries use
         used = {n for lst in data.query_candidates for n in lst}
         names = [n for n in names if n in used]
-    q_emb, q_keys = store.embed(data.queries, modes)
-    c_emb, _ = store.embed([data.candidates[n] for n in names], modes)
+    cand_items = [data.candidates[n] for n in names]
+    q_emb, c_emb, q_keys = {}, {}, []
+    for mode in sorted(modes, key=lambda m: m != "gen"):  # gen first: it brings the disc vectors along
+        q_emb[mode], q_keys = store.embed(data.queries, mode, desc=f"{meta.name} queries")
+        c_emb[mode], _ = store.embed(cand_items, mode, desc=f"{meta.name} candidates")
     result = {"num_queries": len(data.queries), "num_queries_total": len(full.queries),
-              "num_candidates": len(names), "scores": {}}
-    for mode in modes:
-        rankings = _rank(data, q_emb[mode], names, c_emb[mode])
-        result["scores"][mode] = score_rankings(rankings, data.labels)
+              "num_candidates": len(names), "scores": {}, "per_query": {}}
+    conf = {}
+    for qm in modes:
+        for tm in modes:
+            rankings, cf = _scores_and_rankings(data, q_emb[qm], names, c_emb[tm])
+            pair = pair_name(qm, tm)
+            result["scores"][pair] = score_rankings(rankings, data.labels, rel)
+            result["per_query"][pair] = per_query(rankings, data.labels, meta.metric, rel)
+            if qm == tm:
+                conf[qm] = cf
+    if "disc" in modes and "gen" in modes:
+        dd, gg = np.asarray(result["per_query"]["disc_disc"]), np.asarray(result["per_query"]["gen_gen"])
+        result["scores"]["oracle"] = {meta.metric: float(np.maximum(dd, gg).mean())}
+        pick_gen = selector.choose(conf["disc"], conf["gen"])
+        result["scores"]["selector"] = {meta.metric: float(np.where(pick_gen, gg, dd).mean()),
+                                        "chose_gen_fraction": float(pick_gen.mean())}
+    if pass_k:
+        samples = store.embed_samples(data.queries, pass_k, desc=meta.name)
+        target_mode = "gen" if "gen" in modes else "disc"
+        best = np.zeros(len(data.queries))
+        for s in range(pass_k):
+            rankings, _ = _scores_and_rankings(data, samples[:, s], names, c_emb[target_mode])
+            best = np.maximum(best, per_query(rankings, data.labels, meta.metric, rel))
+        result["scores"][f"pass@{pass_k}"] = {meta.metric: float(best.mean())}
     if "gen" in modes:
-        result["gen_fallback_rate"] = float(np.mean([store.fallback.get(k, False) for k in q_keys]))
-        result["gen_examples"] = [store.texts.get(k, "") for k in q_keys[:2]]
+        texts, fallback = store.gen_info(q_keys)
+        result["gen_fallback_rate"] = float(np.mean(fallback))
+        result["gen_examples"] = texts[:2]
     return result

@@ -1,44 +1,59 @@
-"""Task metadata and loaders for MMEB-style evaluation tasks (method.md §3.3).
+"""Eval task metadata, task selection and frame sampling (method.md §3).
 
-A task is described by ``TaskMeta`` (MTEB style). The offline suite built by ``umeflow data build`` lists its tasks in
-``<data_root>/tasks.json``; the full MMEB-V2 registry joins this module later with the same fields. Loaders turn a
-task file into query ``Item``s and candidate lists, and fail with the file, line and field on bad input.
+A task is typed metadata, ``TaskMeta`` (MTEB style); the runner is generic. Two sets of tasks exist:
 
-Candidate names follow VLM2Vec: a candidate with an image is named by its image path, a text candidate by its text;
-``local`` tasks rank each query's own candidates, ``global`` tasks rank the deduplicated pool of all candidates.
+- the **offline suite** built by ``umeflow data build``, listed in ``<data_root>/tasks.json``;
+- the **MMEB-V2 registry** (``umeflow.evaluate.mmeb_v2.MMEB_V2_TASKS``, 78 tasks) for users who have the benchmark
+  in the VLM2Vec on-disk layout, locally or under ``s3://``.
+
+``select_tasks`` resolves a ``--tasks`` spec against both; ``load_task`` (``umeflow.evaluate.loaders``) turns one task
+into query items, candidate items and ground-truth names.
+
+Candidate names follow VLM2Vec: ``local`` tasks rank each query's own candidates, ``global`` tasks rank the
+deduplicated pool of all candidates.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from umeflow.errors import RecordError, UserError
-from umeflow.io import iter_jsonl
-from umeflow.model.items import Item, strip_placeholders
+
+if TYPE_CHECKING:
+    from umeflow.model.items import Item
+    from umeflow.storage import DataRoot
 
 MMEB_VIDEO_FRAMES = 8
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+MODALITIES = ("image", "video", "visdoc")
 
 
 @dataclass(frozen=True)
 class TaskMeta:
     name: str
     modality: str  # image | video | visdoc
-    category: str  # I-CLS, I-QA, I-RET, I-GD, V-CLS, ...
-    metric: str = "hit@1"
+    category: str  # I-CLS, I-QA, I-RET, I-GD, V-CLS, V-QA, V-RET, V-MRET, VDRv1, VDRv2, VR, OOD
+    metric: str = "hit@1"  # main metric: hit@1 (image, video) or ndcg_linear@5 (visdoc)
     eval_type: str = "local"  # local: per-query candidate list; global: deduplicated pool
-    parser: str = ""  # loader: "image" (MMEB_Test_Instruct rows) or "video_cls"; derived if empty
+    parser: str = ""  # loader key (VLM2Vec dataset_parser name, or "image"/"video_cls" offline); derived if empty
     record_kind: str = ""  # row schema name in umeflow.data.schemas (mmeb_image_task, mmeb_video_cls)
-    file: str = ""  # relative to the data root
-    media_root: str = ""  # relative to the data root
+    file: str = ""  # annotation file, or stem (.jsonl/.parquet tried), or visdoc folder; relative to the data root
+    media_root: str = ""  # images / frame folders / corpus images, relative to the data root
     smoke: bool = False  # smoke tasks check a path end to end and are never averaged in
-    num_queries: int = 0
-    dataset_name: str = ""
-    revision: str = ""
+    num_queries: int = 0  # expected number of queries (MMEB-V2: num_data of the released score files)
+    dataset_name: str = ""  # HF dataset repo the annotations come from
+    revision: str = ""  # HF dataset revision the registry assumes
     description: str = ""
+    in_domain: bool | None = None  # MMEB-V1 image tasks: also in MMEB-train (20) or not (16); None elsewhere
+    hf_subset: str = ""  # HF config/subset name, when the repo has several
+    split: str = ""  # HF split of the annotations
+    instruction: str = ""  # task-level query instruction, where the loader does not take it from the rows
 
     @property
     def loader(self) -> str:
@@ -55,143 +70,110 @@ class TaskData:
     labels: list[list[str]]  # ground-truth candidate names per query
     candidates: dict[str, Item]  # name -> item (deduplicated, first occurrence wins)
     query_candidates: list[list[str]] | None  # local tasks: each query's own candidate names
+    rel_scores: list[list[float]] | None = None  # graded relevance aligned with labels (visdoc qrels); None = binary
 
 
-def offline_tasks(data_root: str | Path) -> list[TaskMeta]:
+def offline_tasks(data_root: str | os.PathLike | DataRoot) -> list[TaskMeta]:
     """The tasks listed in ``<data_root>/tasks.json`` (written by ``umeflow data build``)."""
-    path = Path(data_root) / "tasks.json"
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; build the offline suite with `umeflow data build` or point "
-                        "--data-root at it")
+    from umeflow.storage import DataRoot
+
+    root = DataRoot.of(data_root)
+    if not root.is_file("tasks.json"):
+        raise UserError(f"{root.display('tasks.json')} does not exist; build the offline suite with "
+                        "`umeflow data build` or point --data-root at it")
+    shown = root.display("tasks.json")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(root.path("tasks.json").read_text())
     except json.JSONDecodeError as e:
-        raise RecordError(path, e.lineno, None, f"malformed JSON: {e.msg}") from None
+        raise RecordError(shown, e.lineno, None, f"malformed JSON: {e.msg}") from None
     known = {f.name for f in fields(TaskMeta)}
     tasks = []
     for i, entry in enumerate(raw):
         unknown = set(entry) - known
         if unknown:
-            raise RecordError(path, None, f"[{i}].{sorted(unknown)[0]}", "unknown task field")
+            raise RecordError(shown, None, f"[{i}].{sorted(unknown)[0]}", "unknown task field")
         for key in ("name", "modality", "category", "file"):
             if not entry.get(key):
-                raise RecordError(path, None, f"[{i}].{key}", "required task field is missing")
+                raise RecordError(shown, None, f"[{i}].{key}", "required task field is missing")
         tasks.append(TaskMeta(**entry))
     return tasks
 
 
-def select_tasks(data_root: str | Path, spec: str) -> list[TaskMeta]:
-    tasks = offline_tasks(data_root)
-    if spec in ("offline", "all", ""):
-        return tasks
-    by_name = {t.name: t for t in tasks}
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [w for w in wanted if w not in by_name]
+def select_tasks(data_root: str | os.PathLike | DataRoot, spec: str) -> list[TaskMeta]:
+    """Resolve a ``--tasks`` spec.
+
+    ``offline`` (or ``all``/empty, the historical spelling): the suite in ``<data_root>/tasks.json``;
+    ``mmeb-v2``: all 78 MMEB-V2 tasks; ``image`` / ``video`` / ``visdoc``: one MMEB-V2 modality; otherwise a
+    comma-separated list whose entries are any of those group names or task names from either set (MMEB-V2 names
+    win on a clash). The offline suite is only read when the spec needs it, so MMEB-V2 runs need no tasks.json.
+    """
+    # imported here, not at the top: mmeb_v2 builds TaskMeta objects and so imports this module
+    from umeflow.evaluate.mmeb_v2 import MMEB_V2_TASKS
+
+    groups = {"mmeb-v2": list(MMEB_V2_TASKS)}
+    groups.update({m: [t for t in MMEB_V2_TASKS if t.modality == m] for m in MODALITIES})
+    wanted = [s.strip() for s in (spec or "").split(",") if s.strip()] or ["offline"]
+    registry = {t.name: t for t in MMEB_V2_TASKS}
+    offline: dict[str, TaskMeta] | None = None
+    picked: dict[str, TaskMeta] = {}  # insertion-ordered, so "image,ImageNet-1K" lists each task once
+    unknown = []
+    for w in wanted:
+        if w in ("offline", "all"):
+            offline = offline if offline is not None else {t.name: t for t in offline_tasks(data_root)}
+            picked.update(offline)
+        elif w in groups:
+            picked.update((t.name, t) for t in groups[w])
+        elif w in registry:
+            picked[w] = registry[w]
+        else:
+            if offline is None:
+                offline = _offline_or_empty(data_root)
+            if w in offline:
+                picked[w] = offline[w]
+            else:
+                unknown.append(w)
     if unknown:
-        raise UserError(f"unknown task(s) {unknown}; available under {data_root}: {sorted(by_name)}")
-    return [by_name[w] for w in wanted]
+        raise UserError(
+            f"unknown task(s) {unknown}; use offline, mmeb-v2, image, video, visdoc, or task names. "
+            f"MMEB-V2 tasks: {sorted(registry)}; offline tasks under {data_root}: {sorted(offline or {}) or 'none'}")
+    return list(picked.values())
 
 
-def _join(*parts: str) -> str:
-    return "\n".join(p for p in (strip_placeholders(x) for x in parts) if p)
+def _offline_or_empty(data_root) -> dict[str, TaskMeta]:
+    """The offline suite by name, or nothing when the root has no tasks.json (an MMEB-V2-only root)."""
+    from umeflow.storage import DataRoot
+
+    if not DataRoot.of(data_root).is_file("tasks.json"):
+        return {}
+    return {t.name: t for t in offline_tasks(data_root)}
 
 
-def _str_field(path, line, rec, key, allow_empty=True) -> str:
-    if key not in rec:
-        raise RecordError(path, line, key, "required field is missing")
-    value = rec[key]
-    if value is None:
-        value = ""
-    if not isinstance(value, str) or (not allow_empty and not value):
-        raise RecordError(path, line, key, "expected a non-empty string" if not allow_empty else "expected a string")
-    return value
-
-
-def _media(path, line, key, rel: str, root: Path) -> Path:
-    p = root / rel
-    if not p.is_file():
-        raise RecordError(path, line, key, f"media file {rel} does not exist under {root}")
-    return p
-
-
-def _load_image_task(meta: TaskMeta, root: Path) -> TaskData:
-    path = root / meta.file
-    media_root = root / meta.media_root
-    if not path.is_file():
-        raise UserError(f"task {meta.name}: file {path} does not exist")
-    queries, labels, cand_lists, pool = [], [], [], {}
-    for line, rec in iter_jsonl(path):
-        qry_img = _str_field(path, line, rec, "qry_img_path")
-        q_images = (_media(path, line, "qry_img_path", qry_img, media_root),) if qry_img else ()
-        queries.append(Item(_join(rec.get("qry_inst", "") or "", _str_field(path, line, rec, "qry_text")),
-                            images=q_images))
-        texts, imgs = rec.get("tgt_text"), rec.get("tgt_img_path")
-        if not isinstance(texts, list) or not texts:
-            raise RecordError(path, line, "tgt_text", "expected a non-empty list (ground truth first)")
-        if imgs is None:
-            imgs = [""] * len(texts)
-        if not isinstance(imgs, list) or len(imgs) != len(texts):
-            raise RecordError(path, line, "tgt_img_path", f"expected a list of {len(texts)} paths (one per tgt_text)")
-        tgt_inst = rec.get("tgt_inst", "") or ""
-        names = []
-        for text, img in zip(texts, imgs):
-            if not isinstance(text, str) or not isinstance(img or "", str):
-                raise RecordError(path, line, "tgt_text", "candidates must be strings")
-            name = img if img else text
-            if name not in pool:
-                images = (_media(path, line, "tgt_img_path", img, media_root),) if img else ()
-                pool[name] = Item(_join(tgt_inst, text), images=images)
-            names.append(name)
-        if len(set(names)) != len(names):
-            raise RecordError(path, line, "tgt_text", "duplicate candidates in one query's list")
-        labels.append([names[0]])
-        cand_lists.append(names)
-    if not queries:
-        raise UserError(f"task {meta.name}: {path} has no rows")
-    return TaskData(meta, queries, labels, pool, cand_lists if meta.eval_type == "local" else None)
+def sample_frame_names(names: list[str], n: int = MMEB_VIDEO_FRAMES) -> list[str]:
+    """MMEB-V2 frame choice over one video's frame files: ``linspace(0, count-1, n)`` (integer) over the sorted
+    names; a shorter video keeps all its frames and repeats the last one up to ``n`` (method.md §4.12)."""
+    frames = sorted(x for x in names if Path(x).suffix.lower() in FRAME_SUFFIXES)
+    if not frames:
+        return []
+    if len(frames) < n:
+        return frames + [frames[-1]] * (n - len(frames))
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, n, dtype=int)]
 
 
 def sample_frames(frame_dir: Path, n: int = MMEB_VIDEO_FRAMES) -> tuple[Path, ...]:
-    """MMEB-V2 frame choice: ``linspace(0, count-1, n)`` (integer) over the sorted frames; a shorter clip keeps all
-    its frames and repeats the last one up to ``n``."""
-    frames = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not frames:
+    """``sample_frame_names`` over a local frame folder."""
+    chosen = sample_frame_names([p.name for p in Path(frame_dir).iterdir()], n)
+    if not chosen:
         raise UserError(f"no frames in {frame_dir}")
-    if len(frames) < n:
-        return tuple(frames) + (frames[-1],) * (n - len(frames))
-    return tuple(frames[i] for i in np.linspace(0, len(frames) - 1, n, dtype=int))
+    return tuple(Path(frame_dir) / name for name in chosen)
 
 
-def _load_video_cls_task(meta: TaskMeta, root: Path) -> TaskData:
-    path = root / meta.file
-    frames_root = root / meta.media_root
-    if not path.is_file():
-        raise UserError(f"task {meta.name}: file {path} does not exist")
-    queries, labels, pool = [], [], {}
-    for line, rec in iter_jsonl(path):
-        vid = _str_field(path, line, rec, "video_id", allow_empty=False)
-        label = _str_field(path, line, rec, "pos_text", allow_empty=False)
-        frame_dir = frames_root / vid
-        if not frame_dir.is_dir():
-            raise RecordError(path, line, "video_id", f"frame folder {vid} does not exist under {frames_root}")
-        queries.append(Item(_join(rec.get("qry_inst", "") or ""), video=sample_frames(frame_dir)))
-        labels.append([label])
-        pool.setdefault(label, Item(label))
-    if not queries:
-        raise UserError(f"task {meta.name}: {path} has no rows")
-    return TaskData(meta, queries, labels, pool, None)
+def load_task(meta: TaskMeta, data_root: str | os.PathLike | DataRoot) -> TaskData:
+    """Load one task (see ``umeflow.evaluate.loaders``); ``data_root`` may be a path, ``s3://`` URI or DataRoot."""
+    from umeflow.evaluate.loaders import load_task as _load  # loaders imports this module
+
+    return _load(meta, data_root)
 
 
-LOADERS = {"image": _load_image_task, "video_cls": _load_video_cls_task}
-
-
-def load_task(meta: TaskMeta, data_root: str | Path) -> TaskData:
-    loader = LOADERS.get(meta.loader)
-    if loader is None:
-        raise UserError(f"task {meta.name}: no loader for '{meta.loader}' (known: {sorted(LOADERS)})")
-    return loader(meta, Path(data_root))
-
-
-def load_task_rows(meta: TaskMeta, data_root: str | Path) -> tuple[list[Item], dict[str, Item]]:
+def load_task_rows(meta: TaskMeta, data_root: str | os.PathLike | DataRoot) -> tuple[list[Item], dict[str, Item]]:
     data = load_task(meta, data_root)
     return data.queries, data.candidates
