@@ -46,8 +46,10 @@ test: venv
 test-all: venv
 	$(BIN)/python -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)
 
-bench: venv run
+bench: venv
+	test -d $(STATE)/models/tiny || $(MAKE) run
 	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
+	$(BIN)/python benchmarks/eval_cache.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 
 # Regenerate the lock from the direct pins in pyproject.toml (needs PyPI); never resolves torchvision.
 lock: venv

@@ -319,3 +319,24 @@ def test_killed_evaluation_resumes_from_the_cache(tmp_path, tiny_model_dir):
     fresh = json.loads((tmp_path / "fresh-out" / "summary.json").read_text())
     assert fresh["embedding_calls"] == unique
     assert resumed["tasks"]["Colors"]["scores"] == fresh["tasks"]["Colors"]["scores"]
+
+
+def test_evaluate_logs_report_to_mlflow(tmp_path, tiny_model_dir):
+    import mlflow
+
+    from umeflow.config import EvaluateConfig
+    from umeflow.steps.evaluate import run
+
+    root = _write_fixture(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(EvaluateConfig(model=str(tiny_model_dir), data_root=str(root), tasks="Colors", mode="disc",
+                       out=str(tmp_path / "eval"), cache_dir="", tracking_uri=uri))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    metrics = runs[0].data.metrics
+    assert "eval.disc_disc.Colors.hit_at_1" in metrics
+    # Colors alone is not the whole offline suite (Clips is a smoke task, so here it is complete)
+    assert metrics["eval.disc_disc.overall"] == metrics["eval.disc_disc.Colors.hit_at_1"]
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
+    assert artifacts == {"evaluation/report.md", "evaluation/summary.json", "evaluation/categories.png"}

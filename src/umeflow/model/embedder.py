@@ -140,8 +140,8 @@ class Embedder:
             gen_ids.extend(ids)
             gen_tokens += n
         fb = np.asarray(fallback, dtype=bool)
-        if fb.any():
-            log.warning("%d of %d items produced no <gen_emb>; used the last generated state (flagged in "
+        if fb.any():  # callers report it (embed step: a warning; evaluate: the rate in the report)
+            log.debug("%d of %d items produced no <gen_emb>; used the last generated state (flagged in "
                         "Encoded.fallback)", int(fb.sum()), len(fb))
         return Encoded(embeddings=np.concatenate(embs), texts=texts, fallback=fb, generated_ids=gen_ids,
                        disc_embeddings=np.concatenate(discs),

@@ -66,6 +66,9 @@ def run(cfg: EmbedConfig) -> dict:
                                      max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
                                      temperature=cfg.temperature, num_samples=cfg.num_samples, seed=cfg.seed)
     seconds = time.perf_counter() - t0
+    if enc.fallback is not None and enc.fallback.any():
+        log.warning("%d of %d items generated no <gen_emb>; their embedding is the last generated state (flagged "
+                    "in %s.texts.jsonl)", int(enc.fallback.sum()), enc.fallback.size, stem.name)
     with atomic_path(stem.parent / (stem.name + ".npy")) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, enc.embeddings)
