@@ -9,7 +9,7 @@ from PIL import Image
 
 from umeflow.config import ModelInitConfig
 from umeflow.model.backbone import load_backbone
-from umeflow.model.chat import DISC_EMB, GEN_EMB, build_messages, render_prompt
+from umeflow.model.chat import DISC_EMB, GEN_EMB, GENERATION_PROMPT, build_messages, render_prompt
 from umeflow.model.inputs import build_batch, patchify_frames
 from umeflow.model.items import Item
 from umeflow.model.tiny import build_qwen_tokenizer, init_tiny
@@ -89,3 +89,25 @@ def test_other_families_load_with_their_init_tokens(assets_dir, tmp_path, family
 
     enc = Embedder(bb).encode([Item("x"), Item("y", images=(Image.new("RGB", (64, 64)),))], mode="disc")
     assert enc.embeddings.shape[0] == 2 and np.isfinite(enc.embeddings).all()
+
+
+def test_chat_template_renders_the_official_qwen2_vl_layout(tiny_model_dir):
+    proc = load_backbone(tiny_model_dir).processor
+    messages, _, _ = build_messages(Item("hi"))
+    expected = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                "<|vision_start|><|image_pad|><|vision_end|>hi\n<disc_emb>\n" + GENERATION_PROMPT +
+                "<|im_end|>\n<|im_start|>assistant\n")
+    assert render_prompt(proc, messages) == expected
+
+
+def test_compact_tokenizer_variant(assets_dir, tmp_path):
+    out = init_tiny(ModelInitConfig(out=str(tmp_path / "c"), assets_dir=str(assets_dir), tokenizer="compact"))
+    bb = load_backbone(out)
+    tok = bb.tokenizer
+    assert len(tok) < 5000 and bb.model.get_input_embeddings().weight.shape[0] % 64 == 0
+    assert GEN_EMB not in tok.all_special_tokens and tok.padding_side == "left"
+    for new, src in ((bb.gen_emb_id, "<|object_ref_end|>"), (bb.disc_emb_id, "<|object_ref_start|>")):
+        emb = bb.model.get_input_embeddings().weight
+        assert torch.equal(emb[new], emb[tok.convert_tokens_to_ids(src)])
+    ids = tok("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>a shoe<disc_emb>")["input_ids"]
+    assert tok.convert_tokens_to_ids("<|image_pad|>") in ids and bb.disc_emb_id in ids

