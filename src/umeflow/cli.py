@@ -13,7 +13,7 @@ import logging
 import sys
 
 from umeflow.config import (AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
-                            load_config)
+                            SFTConfig, load_config)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help=".npy file; generated texts go to <out>.texts.jsonl in gen mode")
     embed.add_argument("--batch-size", type=int)
     embed.add_argument("--max-new-tokens", type=int)
+
+    sft = sub.add_parser("sft", help="cold-start SFT: contrastive disc+gen + next-token loss (UME-R1 stage 1)")
+    _common(sft)
+    sft.add_argument("--model", help="initial checkpoint")
+    sft.add_argument("--data", help="annotate output folder (sft.jsonl + manifest.json)")
+    sft.add_argument("--out")
+    sft.add_argument("--max-steps", type=int)
+    sft.add_argument("--max-minutes", type=float)
+    sft.add_argument("--seed", type=int)
+    sft.add_argument("--deepspeed", help="DeepSpeed JSON (configs/deepspeed/zero2.json | zero3.json)")
 
     ev = sub.add_parser("evaluate", help="score MMEB-style tasks (Hit@1 / NDCG@5)")
     _common(ev)
@@ -114,6 +124,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                           mode=args.mode, out=args.out, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens)
         embed.run(cfg)
+        return 0
+    if cmd == "sft":
+        from umeflow.steps import sft as sft_step
+
+        cfg = load_config(SFTConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,
+                          max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
+                          deepspeed=args.deepspeed)
+        sft_step.run(cfg)
         return 0
     if cmd == "evaluate":
         from umeflow.steps import evaluate

@@ -120,6 +120,54 @@ class EvaluateConfig:
     seed: int = 0
 
 
+@dataclass
+class SFTConfig:
+    """Cold-start SFT (UME-R1 stage 1). Defaults are the tiny CPU demo; configs/qwen2-vl-*.yaml hold UME-R1's."""
+
+    SECTION = "sft"
+    model: str = "state/models/tiny"  # initial checkpoint (umeflow tiny, Qwen2-VL, or a previous SFT output)
+    data: str = "state/annotate"  # annotate output: sft.jsonl + manifest.json (media_root)
+    out: str = "state/sft"  # checkpoints/ (resumable) and model/ (the final safetensors checkpoint)
+    seed: int = 0
+    on_bad_record: str = "error"
+    # optimisation
+    per_device_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    max_steps: int = 200
+    max_minutes: float = 0.0  # >0: stop (and save) when this much training time has passed
+    # loss (UME-R1: all weights 1, logit scale 50)
+    weight_gen_contrastive: float = 1.0
+    weight_disc_contrastive: float = 1.0
+    weight_ce_query: float = 1.0
+    weight_ce_target: float = 1.0
+    logit_scale: float = 50.0
+    mask_duplicate_negatives: bool = True  # umeflow addition: identical targets in a batch are not negatives
+    grad_cache_chunk_size: int = 0  # >0: GradCache with sub-batches of this size (negatives not bounded by memory)
+    # what is trained
+    freeze_vision: bool = False  # UME-R1: ViT frozen (tune_mm_vision=False)
+    freeze_merger: bool = False  # UME-R1: merger trained
+    freeze_llm: bool = False  # UME-R1: LLM fully trained
+    lora_r: int = 0  # >0: LoRA on the LLM's attention/MLP projections (merged into the saved checkpoint)
+    lora_alpha: int = 32
+    # scale
+    deepspeed: str = ""  # path to a DeepSpeed JSON (configs/deepspeed/zero2.json, zero3.json)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = 0
+    # bookkeeping
+    logging_steps: int = 10
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: bool = True  # continue from the last checkpoint under out/checkpoints when there is one
+    tracking_uri: str = ""  # MLflow; empty = MLFLOW_TRACKING_URI from the environment, if set
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -49,7 +49,9 @@ VQA_INST = "Represent the given image with the following question:"
 I2T_INST = "Find an image caption describing the given image."
 T2I_INST = "Find me an image that matches the given caption:"
 IMAGE_TGT_INST = "Represent the given image."
-TEXT_TGT_INST = "Represent the following text"
+# Text candidates carry no instruction, exactly like the training targets (MMEB-train pos_text is plain text), so
+# the model is scored on the same target form it is trained on.
+TEXT_TGT_INST = ""
 VIDEO_INST = "Recognize the content of the video."
 CATEGORY_QUESTION = "Which category does this picture belong to?"
 

@@ -82,20 +82,35 @@ def _expand(text: str, placeholder: str, counts: list[int]) -> str:
     return out
 
 
+def _completion_mask(tok, prompts: list[str], ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """True on the completion's tokens (everything after ``<|im_start|>assistant\\n``), per left-padded row.
+
+    The prompt is tokenized on its own and must be an exact prefix of the full row; the chat format ends it with a
+    newline, which the Qwen pre-tokenizer never merges with what follows, so this holds — and is checked.
+    """
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    length = ids.shape[1]
+    for i, prompt_ids in enumerate(tok(prompts, add_special_tokens=False)["input_ids"]):
+        start = length - int(attention[i].sum())
+        end = start + len(prompt_ids)
+        if ids[i, start:end].tolist() != prompt_ids:
+            raise AssertionError(f"row {i}: the prompt's tokens are not a prefix of prompt + completion")
+        mask[i, end:] = True
+    return mask
+
+
 def build_batch(processor, items: Sequence[Item], completions: Sequence[str] | None = None,
                 family_name: str = "qwen2_vl") -> dict[str, torch.Tensor]:
     """Left-padded model inputs for ``items``; ``completions`` (teacher forcing) are appended after the prompt."""
     tok = processor.tokenizer
     ip = processor.image_processor
     merge = ip.merge_size ** 2
-    texts, images_pv, images_thw, videos_pv, videos_thw = [], [], [], [], []
+    texts, prompts, images_pv, images_thw, videos_pv, videos_thw = [], [], [], [], [], []
     for i, item in enumerate(items):
         messages, imgs, vids = build_messages(item)
         if vids and family_name == "qwen3_vl":
             raise UserError("video inputs for Qwen3-VL need its video processor (torchvision); not supported here")
         text = render_prompt(processor, messages)
-        if completions is not None:
-            text += completions[i]
         img_counts = []
         if imgs:
             out = ip(images=[open_image(im) for im in imgs], return_tensors="pt")
@@ -109,10 +124,13 @@ def build_batch(processor, items: Sequence[Item], completions: Sequence[str] | N
             videos_thw.append(thw)
             vid_counts.append(int(thw.prod()) // merge)
         text = _expand(_expand(text, IMAGE_PAD, img_counts), VIDEO_PAD, vid_counts)
-        texts.append(text)
+        prompts.append(text)
+        texts.append(text + completions[i] if completions is not None else text)
     enc = tok(texts, padding=True, return_tensors="pt", padding_side="left")
     batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     ids = batch["input_ids"]
+    if completions is not None:
+        batch["completion_mask"] = _completion_mask(tok, prompts, ids, enc["attention_mask"])
     mm = torch.zeros_like(ids)
     mm[ids == tok.convert_tokens_to_ids(IMAGE_PAD)] = 1
     mm[ids == tok.convert_tokens_to_ids(VIDEO_PAD)] = 2

@@ -127,6 +127,7 @@ def tiny_config(cfg: ModelInitConfig, tok, family: Family):
     text = dict(vocab_size=rows, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
                 num_key_value_heads=cfg.num_key_value_heads, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
                 eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), tie_word_embeddings=True,
                 max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,

@@ -1,0 +1,94 @@
+"""``umeflow sft``: cold-start SFT from an annotate output; resumable; writes a checkpoint the Embedder loads.
+
+Outputs under ``--out``: ``checkpoints/checkpoint-N`` (Trainer state for resume), ``model/`` (final safetensors
+checkpoint + processor, written atomically), ``metrics.json`` (final loss parts, steps, samples/s, time) and
+``run_info.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from umeflow.config import SFTConfig
+from umeflow.errors import UserError
+from umeflow.io import atomic_path, sha256_file, write_json, write_run_info
+
+log = logging.getLogger(__name__)
+
+
+def _lora(model, cfg: SFTConfig):
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # only the language model's projections: the vision tower keeps its own (frozen or fully trained) weights
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=r".*language_model.*\.(" + "|".join(targets) + ")")
+    return get_peft_model(model, lora)
+
+
+def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
+    """Train; ``callbacks`` are extra ``transformers.TrainerCallback``s (e.g. a pipeline's own reporting)."""
+    from umeflow.model.backbone import load_backbone
+    from umeflow.train.sft import (TimeBudget, UmeSFTTrainer, apply_freezing, last_checkpoint, media_root_of,
+                                   training_arguments, unwrap)
+    from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs
+
+    torch.manual_seed(cfg.seed)
+    data_dir = Path(cfg.data)
+    sft_file = data_dir / "sft.jsonl"
+    if not sft_file.is_file():
+        raise UserError(f"{sft_file} does not exist; run `umeflow annotate` first or point --data at its output")
+    pairs, counter = load_sft_pairs(sft_file, media_root_of(data_dir), cfg.on_bad_record)
+    if len(pairs) < cfg.per_device_batch_size:
+        raise UserError(f"{sft_file} has {len(pairs)} usable pairs, fewer than one batch "
+                        f"({cfg.per_device_batch_size})")
+    backbone = load_backbone(cfg.model)
+    model = backbone.model
+    model.train()
+    if cfg.lora_r:
+        model = _lora(model, cfg)
+    sizes = apply_freezing(model, cfg)
+    log.info("SFT on %d pairs; %d of %d parameters trainable", len(pairs), sizes["trainable_parameters"],
+             sizes["total_parameters"])
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    trainer = UmeSFTTrainer(
+        model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=SFTDataset(pairs),
+        data_collator=SFTCollator(backbone.processor, backbone.family.name), sft_cfg=cfg,
+        gen_id=backbone.gen_emb_id, disc_id=backbone.disc_emb_id,
+        callbacks=([TimeBudget(cfg.max_minutes)] if cfg.max_minutes else []) + list(callbacks or []))
+    resume = last_checkpoint(ckpt_dir) if cfg.resume else None
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+
+    with atomic_path(out / "model") as tmp:
+        final = trainer.model
+        if cfg.lora_r:
+            final = unwrap(final) if not hasattr(final, "merge_and_unload") else final.merge_and_unload()
+            final.save_pretrained(tmp)
+        else:
+            trainer.save_model(str(tmp))  # gathers ZeRO-3 shards when DeepSpeed is on
+        backbone.processor.save_pretrained(tmp)
+        if not list(tmp.glob("*.safetensors")):
+            raise AssertionError("the final checkpoint has no safetensors weights")
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    last = history[-1] if history else {}
+    metrics = {"train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),
+               "train_seconds": seconds, "pairs": len(pairs),
+               "samples_per_second": trainer.state.global_step * cfg.per_device_batch_size
+               * cfg.gradient_accumulation_steps / max(seconds, 1e-9),
+               "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0, **counter.summary(),
+               **{k: v for k, v in last.items() if k.startswith("loss_")}, **sizes}
+    metrics = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "log_history.json", trainer.state.log_history)
+    write_run_info(out, cfg, inputs={"sft.jsonl": sha256_file(sft_file)})
+    log.info("SFT done: %d steps in %.0fs, final model at %s", metrics["global_step"], seconds, out / "model")
+    return metrics

@@ -1,0 +1,258 @@
+"""Cold-start SFT (UME-R1 stage 1) on the Hugging Face Trainer.
+
+Loss = gen InfoNCE + disc InfoNCE (symmetric, logit scale 50, negatives gathered across processes with gradient)
++ next-token CE on the query's and the target's responses (method.md §1.5), all from one teacher-forced forward per
+side. The Trainer brings what a production run needs — DeepSpeed ZeRO-2/3, bf16, gradient checkpointing, DDP,
+checkpoint/resume (model, optimizer, scheduler, RNG, data order), MLflow — and this module only adds:
+
+- ``side_forward``: one forward through the (possibly DDP/DeepSpeed-wrapped) model; a hook on the language model
+  keeps the last-layer states for the ``<gen_emb>``/``<disc_emb>`` embeddings, and logits are computed only for the
+  last positions that hold the response (``logits_to_keep``), never for the whole 152k-wide sequence;
+- ``UmeSFTTrainer.compute_loss`` (plain step) and ``training_step`` (GradCache step when configured);
+- per-part loss logging and samples/s, a wall-clock budget, and a final safetensors checkpoint the Embedder loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from umeflow.config import SFTConfig
+from umeflow.errors import UserError
+from umeflow.model.backbone import language_model
+from umeflow.model.embedder import gather_last
+from umeflow.train.losses import SFTLossWeights, sft_loss
+
+log = logging.getLogger(__name__)
+
+
+def unwrap(model):
+    """The Hugging Face model under DDP/DeepSpeed/PEFT wrappers (for attribute access, never for forward)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+class _LastHidden:
+    def __init__(self):
+        self.state = None
+
+    def __call__(self, module, args, output):
+        self.state = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+
+def side_forward(model, batch: dict, gen_id: int, disc_id: int):
+    """Teacher-forced forward of one side → (gen embedding, disc embedding, CE sum, CE token count).
+
+    Embeddings are the last-layer states at the last ``<gen_emb>`` (the response's) and at ``<disc_emb>``; CE covers
+    the response tokens (``completion_mask``), predicted from the state one position earlier.
+    """
+    batch = dict(batch)
+    mask = batch.pop("completion_mask")
+    ids = batch["input_ids"]
+    # left padding right-aligns every response, so the states that predict them are the last (longest + 1) positions
+    keep = int(mask.sum(dim=1).max()) + 1
+    capture = _LastHidden()
+    handle = language_model(unwrap(model)).register_forward_hook(capture)
+    try:
+        out = model(**batch, use_cache=False, logits_to_keep=keep)
+    finally:
+        handle.remove()
+    hs = capture.state
+    gen = gather_last(hs, ids, gen_id)
+    disc = gather_last(hs, ids, disc_id)
+    target_mask = mask[:, -keep + 1:] if keep > 1 else mask[:, :0]
+    logits = out.logits[:, :-1][target_mask]
+    targets = ids[:, -keep + 1:][target_mask]
+    ce_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+    return gen, disc, ce_sum, int(target_mask.sum())
+
+
+class UmeSFTTrainer(Trainer):
+    """HF Trainer whose loss is UME-R1's; optional GradCache training step."""
+
+    def __init__(self, *args, sft_cfg: SFTConfig, gen_id: int, disc_id: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sft_cfg = sft_cfg
+        self.gen_id, self.disc_id = gen_id, disc_id
+        self.weights = SFTLossWeights(gen_contrastive=sft_cfg.weight_gen_contrastive,
+                                      disc_contrastive=sft_cfg.weight_disc_contrastive,
+                                      ce_query=sft_cfg.weight_ce_query, ce_target=sft_cfg.weight_ce_target)
+        self._parts: dict[str, float] = {}
+        self._parts_n = 0
+        self._samples = 0
+        self._last_log = time.perf_counter()
+
+    # ---- one micro-batch: model outputs and loss
+    def _model_fn(self, model):
+        def run(inputs: dict):
+            qg, qd, q_ce, q_n = side_forward(model, inputs["query"], self.gen_id, self.disc_id)
+            tg, td, t_ce, t_n = side_forward(model, inputs["target"], self.gen_id, self.disc_id)
+            reps = {"q_gen": qg, "t_gen": tg, "q_disc": qd, "t_disc": td}
+            return reps, {"q": (q_ce, q_n), "t": (t_ce, t_n)}
+        return run
+
+    def _loss_fn(self, keys):
+        def loss(reps, ce):
+            return sft_loss(reps, ce, self.weights, scale=self.sft_cfg.logit_scale,
+                            dedup_keys=keys if self.sft_cfg.mask_duplicate_negatives else None)
+        return loss
+
+    def _record(self, parts: dict, n: int) -> None:
+        for k, v in parts.items():
+            self._parts[k] = self._parts.get(k, 0.0) + float(v)
+        self._parts_n += 1
+        self._samples += n
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        reps, ce = self._model_fn(model)(inputs)
+        total, parts = self._loss_fn(inputs["target_keys"])(reps, ce)
+        self._record(parts, len(inputs["target_keys"]))
+        return (total, reps) if return_outputs else total
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        chunk = self.sft_cfg.grad_cache_chunk_size
+        if not chunk:
+            return super().training_step(model, inputs, num_items_in_batch)
+        from umeflow.train.gradcache import grad_cache_backward
+
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        chunks = _split(inputs, chunk)
+        value, parts = grad_cache_backward(self._model_fn(model), chunks, self._loss_fn(inputs["target_keys"]))
+        self._record(parts, len(inputs["target_keys"]))
+        scale = 1.0 / self.args.gradient_accumulation_steps
+        if scale != 1.0:  # grad_cache_backward produced full-weight gradients; match the Trainer's accumulation
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        return torch.as_tensor(float(value) * scale)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume weights through ``from_pretrained``: checkpoints are written in the hub key layout (transformers
+        reverts its Qwen-VL key conversion on save), which the Trainer's plain ``load_state_dict`` does not map back,
+        silently leaving the freshly initialised weights in place."""
+        model = model if model is not None else self.model
+        core = unwrap(model)
+        weights = Path(resume_from_checkpoint) / "model.safetensors"
+        if self.is_deepspeed_enabled or not weights.is_file() or core is not model and hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        reloaded = type(core).from_pretrained(resume_from_checkpoint, dtype=next(core.parameters()).dtype)
+        missing, unexpected = core.load_state_dict(reloaded.state_dict(), strict=False)
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {resume_from_checkpoint} does not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._parts_n:
+            for k, v in self._parts.items():
+                logs[f"loss_{k}"] = round(v / self._parts_n, 5)
+            now = time.perf_counter()
+            logs["samples_per_second"] = round(self._samples / max(now - self._last_log, 1e-9), 3)
+            self._parts, self._parts_n, self._samples, self._last_log = {}, 0, 0, now
+        super().log(logs, *args, **kwargs)
+
+
+def _split(inputs: dict, size: int) -> list[dict]:
+    """Sub-batches of ``size`` pairs for GradCache (each side's tensors sliced by row; media tensors by item)."""
+    n = len(inputs["target_keys"])
+    return [{"query": _rows(inputs["query"], s, min(s + size, n)), "target": _rows(inputs["target"], s, min(s + size, n)),
+             "target_keys": inputs["target_keys"][s:s + size]} for s in range(0, n, size)]
+
+
+def _rows(batch: dict, start: int, end: int) -> dict:
+    out = {k: v[start:end] for k, v in batch.items() if k not in ("pixel_values", "image_grid_thw",
+                                                                     "pixel_values_videos", "video_grid_thw")}
+    for pv, grid, tok in (("pixel_values", "image_grid_thw", 1), ("pixel_values_videos", "video_grid_thw", 2)):
+        if grid not in batch:
+            continue
+        per_row = (batch["mm_token_type_ids"] == tok).sum(dim=1)  # media tokens per row → which grids belong to it
+        merge = 4
+        counts = (batch[grid].prod(dim=1) // merge).tolist()
+        owner, row, acc = [], 0, 0
+        for c in counts:  # grids are in row order; assign each to the row whose token budget it fills
+            while row < len(per_row) and acc >= int(per_row[row]):
+                row, acc = row + 1, 0
+            owner.append(row)
+            acc += c
+        sel = [i for i, r in enumerate(owner) if start <= r < end]
+        if sel:
+            patches = batch[grid].prod(dim=1).tolist()
+            offsets = [0]
+            for p in patches:
+                offsets.append(offsets[-1] + p)
+            out[pv] = torch.cat([batch[pv][offsets[i]:offsets[i + 1]] for i in sel])
+            out[grid] = batch[grid][sel]
+    return out
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training (with a final checkpoint) once ``minutes`` of training time have passed."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.seconds and time.perf_counter() - self.start >= self.seconds:
+            log.info("time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def apply_freezing(model, cfg: SFTConfig) -> dict[str, int]:
+    core = unwrap(model)
+    inner = core.model
+    groups = {"vision": [p for n, p in inner.visual.named_parameters() if not n.startswith("merger")],
+              "merger": list(inner.visual.merger.parameters()),
+              "llm": list(inner.language_model.parameters()) + list(core.lm_head.parameters())}
+    for name, flag in (("vision", cfg.freeze_vision), ("merger", cfg.freeze_merger), ("llm", cfg.freeze_llm)):
+        for p in groups[name]:
+            p.requires_grad_(not flag)
+    return {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in model.parameters())}
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def training_arguments(cfg: SFTConfig, output_dir: Path) -> TrainingArguments:
+    report = ["mlflow"] if (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) else []
+    if cfg.tracking_uri:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
+    kwargs = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        adam_beta2=cfg.adam_beta2, max_grad_norm=cfg.max_grad_norm, max_steps=cfg.max_steps, seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, save_strategy="steps", report_to=report,
+        remove_unused_columns=False, dataloader_num_workers=cfg.dataloader_num_workers, bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed or None,
+        use_cpu=not torch.cuda.is_available(), dataloader_drop_last=True, ddp_find_unused_parameters=False,
+    )
+    return TrainingArguments(**kwargs)
+
+
+def media_root_of(data_dir: Path) -> Path:
+    manifest = data_dir / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(f"{manifest} is missing; point --data at an `umeflow annotate` output")
+    root = Path(json.loads(manifest.read_text()).get("media_root", ""))
+    return root if root.is_absolute() else (data_dir / root).resolve() if not root.exists() else root

@@ -1,0 +1,103 @@
+"""UME-R1 SFT records → (query item + response, target item + response) pairs, and their collated batches.
+
+A record (method.md §1.5) holds ``qry`` and ``pos``, each with a human turn (``<image>`` placeholder, instance text,
+``\\n<disc_emb>\\n`` and the generation prompt) and a gpt turn (``<think>…</think><answer>…<gen_emb>``). We parse the
+human turn back into an ``Item`` and render it with the same chat code the Embedder uses (media first, exact
+prompt), so training and evaluation inputs cannot drift apart. The response is supervised with ``<|im_end|>\\n``
+appended, as UME-R1's label mask does (method.md §4.6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from umeflow.data.schemas import load_records
+from umeflow.errors import RecordError
+from umeflow.model.chat import DISC_EMB, GENERATION_PROMPT
+from umeflow.model.inputs import build_batch
+from umeflow.model.items import Item, strip_placeholders
+
+END_OF_TURN = "<|im_end|>\n"
+
+
+@dataclass(frozen=True)
+class SFTPair:
+    query: Item
+    query_response: str
+    target: Item
+    target_response: str
+    dataset: str
+    target_key: str  # content key of the target side: equal keys are duplicates (false negatives in a batch)
+
+
+def _instance_text(human: str) -> str:
+    """The instance text of a human turn: placeholders, the ``<disc_emb>`` line and the generation prompt removed."""
+    text = human.replace("<image>", "").replace("<video>", "")
+    if GENERATION_PROMPT in text:
+        text = text[: text.rindex(GENERATION_PROMPT)]
+    text = text.rstrip()
+    if text.endswith(DISC_EMB):
+        text = text[: -len(DISC_EMB)]
+    return strip_placeholders(text)
+
+
+def _side(rec: dict, key: str, media_root: Path, path: Path) -> tuple[Item, str]:
+    side = rec[key]
+    conv = side["conversations"]
+    human = next(t["value"] for t in conv if t["from"] == "human")
+    gpt = next((t["value"] for t in conv if t["from"] == "gpt"), None)
+    if not gpt:
+        raise RecordError(path, rec.get("_line"), f"{key}.conversations", "has no gpt response to learn from")
+    images = side.get("image") or []
+    images = [images] if isinstance(images, str) else images
+    video = side.get("video") or None
+    item = Item(_instance_text(human), images=tuple(media_root / p for p in images),
+                video=tuple(media_root / p for p in video) if video else None)
+    return item, gpt.strip() + END_OF_TURN
+
+
+def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str = "error"):
+    """Validated SFT pairs from ``path``; media paths resolve against ``media_root``. Returns (pairs, counter)."""
+    path, media_root = Path(path), Path(media_root)
+    records, counter = load_records(path, "ume_sft", media_root=media_root, on_bad_record=on_bad_record)
+    pairs = []
+    for rec in records:
+        try:
+            q, qr = _side(rec, "qry", media_root, path)
+            t, tr = _side(rec, "pos", media_root, path)
+        except RecordError as e:
+            counter.handle(e)
+            continue
+        key = hashlib.sha256(repr((t.text, [str(p) for p in t.images], tr)).encode()).hexdigest()[:16]
+        pairs.append(SFTPair(q, qr, t, tr, rec.get("dataset_name", ""), key))
+    return pairs, counter
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    def __init__(self, pairs: list[SFTPair]):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> SFTPair:
+        return self.pairs[i]
+
+
+class SFTCollator:
+    """Collates pairs into ``{"query": batch, "target": batch, "target_keys": [...]}``; each side is a left-padded
+    model batch with a ``completion_mask`` marking the supervised response tokens."""
+
+    def __init__(self, processor, family_name: str = "qwen2_vl"):
+        self.processor, self.family_name = processor, family_name
+
+    def __call__(self, pairs: list[SFTPair]) -> dict:
+        query = build_batch(self.processor, [p.query for p in pairs], [p.query_response for p in pairs],
+                            self.family_name)
+        target = build_batch(self.processor, [p.target for p in pairs], [p.target_response for p in pairs],
+                             self.family_name)
+        return {"query": query, "target": target, "target_keys": [p.target_key for p in pairs]}

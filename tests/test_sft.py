@@ -1,0 +1,135 @@
+"""Cold-start SFT end to end on the tiny model: the step, its checkpoint, resume, DeepSpeed ZeRO-2 on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from umeflow.config import ModelInitConfig, SFTConfig
+from umeflow.model.chat import GENERATION_PROMPT
+from umeflow.model.tiny import init_tiny
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
+
+
+def write_sft_fixture(root: Path, n: int = 24) -> Path:
+    """A small annotate-style output: UME-R1 SFT records over coloured squares and their colour names."""
+    images = root / "train" / "images" / "Colours"
+    images.mkdir(parents=True)
+    lines = []
+    names = list(COLOURS)
+    for i in range(n):
+        name = names[i % len(names)]
+        rgb = tuple(max(0, c - 4 * i) for c in COLOURS[name])
+        Image.new("RGB", (56, 56), rgb).save(images / f"{i}.png")
+        human_q = f"<image>\nRepresent the given image for classification\n<disc_emb>\n{GENERATION_PROMPT}"
+        human_t = f"{name}\n<disc_emb>\n{GENERATION_PROMPT}"
+        lines.append({"dataset_name": "Colours",
+                      "qry": {"conversations": [{"from": "human", "value": human_q},
+                                                {"from": "gpt", "value": f"<think>The square is {name}.</think>"
+                                                                         f"<answer>{name}<gen_emb>"}],
+                              "image": f"images/Colours/{i}.png"},
+                      "pos": {"conversations": [{"from": "human", "value": human_t},
+                                                {"from": "gpt", "value": f"<think>The word is {name}.</think>"
+                                                                         f"<answer>{name}<gen_emb>"}]}})
+    data = root / "annotate"
+    data.mkdir()
+    (data / "sft.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (data / "manifest.json").write_text(json.dumps({"media_root": str(root / "train")}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def compact_model(assets_dir, tmp_path_factory) -> Path:
+    return init_tiny(ModelInitConfig(out=str(tmp_path_factory.mktemp("m") / "tiny"), assets_dir=str(assets_dir),
+                                     tokenizer="compact"))
+
+
+def _cfg(model, data, out, **kw) -> SFTConfig:
+    base = dict(model=str(model), data=str(data), out=str(out), per_device_batch_size=8, max_steps=6,
+                logging_steps=1, save_steps=3, learning_rate=1e-3, seed=0)
+    base.update(kw)
+    return SFTConfig(**base)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model" / "model.safetensors"))
+
+
+def test_sft_step_trains_and_writes_an_embedder_checkpoint(compact_model, tmp_path):
+    from umeflow.model.embedder import Embedder
+    from umeflow.steps.sft import run
+
+    data = write_sft_fixture(tmp_path)
+    metrics = run(_cfg(compact_model, data, tmp_path / "sft"))
+    assert metrics["global_step"] == 6
+    for part in ("loss_gen_ctr", "loss_disc_ctr", "loss_ce_q", "loss_ce_t"):
+        assert np.isfinite(metrics[part])
+    before = load_file(str(compact_model / "model.safetensors"))
+    after = _weights(tmp_path / "sft")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    history = json.loads((tmp_path / "sft" / "log_history.json").read_text())
+    assert all("samples_per_second" in h and "grad_norm" in h for h in history if "loss" in h)
+    emb = Embedder(tmp_path / "sft" / "model")
+    from umeflow.model.items import Item
+
+    out = emb.encode([Item("red"), Item("blue")], mode="gen", max_new_tokens=8)
+    assert out.embeddings.shape[0] == 2 and np.isfinite(out.embeddings).all()
+
+
+def test_killed_run_resumes_to_the_same_weights(compact_model, tmp_path):
+    from transformers import TrainerCallback
+
+    from umeflow.steps.sft import run
+
+    data = write_sft_fixture(tmp_path)
+    run(_cfg(compact_model, data, tmp_path / "straight"))
+
+    class Die(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:  # after checkpoint-3 was written, before the run could finish
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(compact_model, data, tmp_path / "killed"), callbacks=[Die()])
+    assert (tmp_path / "killed" / "checkpoints" / "checkpoint-3").is_dir()
+    assert not (tmp_path / "killed" / "model").exists()  # nothing that looks finished
+    metrics = run(_cfg(compact_model, data, tmp_path / "killed"))
+    assert metrics["resumed_from_step"] == 3 and metrics["global_step"] == 6
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path):
+    data = write_sft_fixture(tmp_path)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
+           "TORCH_EXTENSIONS_DIR": str(repo / ".cache" / "torch_extensions")}
+    cmd = [sys.executable, "-m", "umeflow.cli", "sft", "--model", str(compact_model), "--data", str(data),
+           "--out", str(tmp_path / "ds"), "--max-steps", "2", "--deepspeed", str(repo / "configs/deepspeed/zero2.json"),
+           "--set", "per_device_batch_size=8", "--set", "save_steps=100"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ds" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    before = load_file(str(compact_model / "model.safetensors"))
+    after = _weights(tmp_path / "ds")
+    assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
