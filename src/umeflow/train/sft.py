@@ -77,6 +77,13 @@ def side_forward(model, batch: dict, gen_id: int, disc_id: int):
     return gen, disc, ce_sum, int(target_mask.sum())
 
 
+def pair_forward(model, inputs: dict, gen_id: int, disc_id: int):
+    """Both sides of a batch of pairs → (reps for the contrastive terms, (CE sum, count) per side)."""
+    qg, qd, q_ce, q_n = side_forward(model, inputs["query"], gen_id, disc_id)
+    tg, td, t_ce, t_n = side_forward(model, inputs["target"], gen_id, disc_id)
+    return {"q_gen": qg, "t_gen": tg, "q_disc": qd, "t_disc": td}, {"q": (q_ce, q_n), "t": (t_ce, t_n)}
+
+
 class UmeSFTTrainer(Trainer):
     """HF Trainer whose loss is UME-R1's; optional GradCache training step."""
 
@@ -94,12 +101,7 @@ class UmeSFTTrainer(Trainer):
 
     # ---- one micro-batch: model outputs and loss
     def _model_fn(self, model):
-        def run(inputs: dict):
-            qg, qd, q_ce, q_n = side_forward(model, inputs["query"], self.gen_id, self.disc_id)
-            tg, td, t_ce, t_n = side_forward(model, inputs["target"], self.gen_id, self.disc_id)
-            reps = {"q_gen": qg, "t_gen": tg, "q_disc": qd, "t_disc": td}
-            return reps, {"q": (q_ce, q_n), "t": (t_ce, t_n)}
-        return run
+        return lambda inputs: pair_forward(model, inputs, self.gen_id, self.disc_id)
 
     def _loss_fn(self, keys):
         def loss(reps, ce):
@@ -125,10 +127,14 @@ class UmeSFTTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         from umeflow.train.gradcache import grad_cache_backward
 
+        if self.is_deepspeed_enabled:
+            raise UserError("grad_cache_chunk_size needs plain torch/DDP; DeepSpeed runs its own backward. Use "
+                            "ZeRO with gradient_accumulation_steps, or GradCache without DeepSpeed.")
         model.train()
         inputs = self._prepare_inputs(inputs)
-        chunks = _split(inputs, chunk)
-        value, parts = grad_cache_backward(self._model_fn(model), chunks, self._loss_fn(inputs["target_keys"]))
+        chunks = split_pairs(inputs, chunk)
+        value, parts = grad_cache_backward(self._model_fn(model), chunks, self._loss_fn(inputs["target_keys"]),
+                                           no_sync=getattr(model, "no_sync", None))
         self._record(parts, len(inputs["target_keys"]))
         scale = 1.0 / self.args.gradient_accumulation_steps
         if scale != 1.0:  # grad_cache_backward produced full-weight gradients; match the Trainer's accumulation
@@ -162,7 +168,7 @@ class UmeSFTTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
-def _split(inputs: dict, size: int) -> list[dict]:
+def split_pairs(inputs: dict, size: int) -> list[dict]:
     """Sub-batches of ``size`` pairs for GradCache (each side's tensors sliced by row; media tensors by item)."""
     n = len(inputs["target_keys"])
     return [{"query": _rows(inputs["query"], s, min(s + size, n)), "target": _rows(inputs["target"], s, min(s + size, n)),
