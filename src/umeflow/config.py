@@ -121,6 +121,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class AnnotateConfig:
+    SECTION = "annotate"
+    data: str = "state/data"  # `umeflow data build` output (train/pairs.jsonl in MMEB-train layout)
+    out: str = "state/annotate"
+    backend: str = "grounded"  # grounded (offline, from real metadata) | openai (any OpenAI-compatible endpoint)
+    seed: int = 0
+    limit: int = 0  # annotate only the first N pairs (0 = all)
+    on_bad_record: str = "error"
+    max_reasoning_words: int = 16  # grounded: length of the written reasoning (a tiny model must learn to emit it)
+    # UME-R1 filters
+    filter_ngram: int = 4
+    filter_max_repeats: int = 3
+    filter_max_reasoning_words: int = 1024
+    # openai backend (the API key is read from the environment variable named here, nowhere else)
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    prompt: str = ""  # empty = the built-in UME-R1-style prompt
+    concurrency: int = 4
+    max_retries: int = 5
+    backoff_base: float = 1.0
+    timeout: float = 120.0
+    cache_dir: str = "state/cache/annotate"
+
+
+@dataclass
 class SFTConfig:
     """Cold-start SFT (UME-R1 stage 1). Defaults are the tiny CPU demo; configs/qwen2-vl-*.yaml hold UME-R1's."""
 
