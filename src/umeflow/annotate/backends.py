@@ -81,13 +81,15 @@ class GroundedAnnotator:
         if m.get("question") and side.role == "query":
             thing = _article(label) if label else "the item"
             reason = f"{opener} {thing}; {m['question']} {summary}."
+            if len(reason.split()) > self.max_words:
+                reason = f"{opener} {thing}; so {summary}."
         elif m.get("question"):
             reason = f"The answer given is {summary}."
         elif side.role == "target" and side.image is None and m.get("category") == summary:
             reason = f"{opener} the {summary} category."  # the target text is only the category name
-        elif label and m.get("gloss"):
+        elif label and m.get("gloss") and len(f"{opener} {_article(label)}, {m['gloss']}.".split()) <= self.max_words:
             reason = f"{opener} {_article(label)}, {m['gloss']}."
-        elif label:
+        elif label:  # (a gloss that does not fit the length budget is left out rather than cut mid-phrase)
             reason = f"{opener} the digit {label}." if label in _DIGITS else f"{opener} {_article(label)}."
         elif "category" in m and summary == m["category"]:
             reason = f"{opener} {m.get('caption', '').rstrip('.').lower()}, in the {summary} category."
