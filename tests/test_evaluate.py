@@ -340,3 +340,13 @@ def test_evaluate_logs_report_to_mlflow(tmp_path, tiny_model_dir):
     assert metrics["eval.disc_disc.overall"] == metrics["eval.disc_disc.Colors.hit_at_1"]
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")}
     assert artifacts == {"evaluation/report.md", "evaluation/summary.json", "evaluation/categories.png"}
+
+
+def test_cross_check_selector_follows_the_pick_the_other_mode_finds_plausible():
+    from umeflow.evaluate.selector import choose_cross
+
+    disc = [np.array([0.9, 0.1, 0.0]), np.array([0.5, 0.45, 0.0]), np.array([0.2, 0.9, 0.1])]
+    gen = [np.array([0.8, 0.2, 0.1]), np.array([0.1, 0.9, 0.0]), np.array([0.0, 0.1, 0.9])]
+    # query 0: both pick 0 → disc. query 1: gen picks 1, which disc also rates highly (0.45); disc's pick 0 is
+    # implausible to gen (0.1) → gen. query 2: gen picks 2, which disc rates low; disc's pick 1 gen rates mid → disc
+    assert choose_cross(disc, gen).tolist() == [False, True, False]

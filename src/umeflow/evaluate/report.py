@@ -16,7 +16,7 @@ from umeflow.evaluate.selector import gap_closed
 from umeflow.evaluate.tasks import TaskMeta
 
 COLUMN_LABELS = {"disc_disc": "disc", "gen_gen": "gen", "disc_gen": "q disc → t gen", "gen_disc": "q gen → t disc",
-                 "oracle": "oracle†", "selector": "selector"}
+                 "oracle": "oracle†", "selector": "selector (margin)", "selector_cross": "selector (cross-check)"}
 
 
 def column_label(column: str) -> str:
@@ -26,7 +26,7 @@ def column_label(column: str) -> str:
 
 
 def columns_of(results: dict[str, dict]) -> list[str]:
-    order = ["disc_disc", "gen_gen", "disc_gen", "gen_disc", "oracle", "selector"]
+    order = ["disc_disc", "gen_gen", "disc_gen", "gen_disc", "oracle", "selector", "selector_cross"]
     present = {c for r in results.values() for c in r["scores"]}
     return [c for c in order if c in present] + sorted(c for c in present if c not in order)
 
@@ -60,12 +60,12 @@ def aggregate(expected: list[TaskMeta], results: dict[str, dict], column: str) -
     }
 
 
-def selector_gap(aggs: dict[str, dict]) -> float | None:
-    need = ("selector", "disc_disc", "gen_gen", "oracle")
+def selector_gap(aggs: dict[str, dict], column: str = "selector") -> float | None:
+    need = (column, "disc_disc", "gen_gen", "oracle")
     if not all(c in aggs for c in need):
         return None
     o = {c: aggs[c]["overall"] for c in need}
-    return gap_closed(o["selector"], o["disc_disc"], o["gen_gen"], o["oracle"])
+    return gap_closed(o[column], o["disc_disc"], o["gen_gen"], o["oracle"])
 
 
 def _fmt(x: float | None) -> str:
@@ -98,12 +98,13 @@ def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, d
         lines += ["", f"**Incomplete:** {first['num_tasks']} of {first['num_expected']} tasks of the suite were "
                       f"scored; aggregates over missing tasks are left empty (missing: "
                       f"{', '.join(first['missing'][:10])}{' …' if len(first['missing']) > 10 else ''})."]
-    gap = selector_gap(aggs)
     if "oracle" in cols:
         lines += ["", "† upper bound: uses the ground truth to choose per query (oracle) or among k samples (pass@k)."]
-    if gap is not None:
-        lines.append(f"Selector (label-free disc/gen choice per query) closes {100 * gap:.1f}% of the gap between "
-                     "the better single mode and the oracle, over the overall mean.")
+    for column in ("selector", "selector_cross"):
+        gap = selector_gap(aggs, column)
+        if gap is not None:
+            lines.append(f"{column_label(column).capitalize()} (label-free disc/gen choice per query) closes "
+                         f"{100 * gap:.1f}% of the gap between the better single mode and the oracle (overall mean).")
     return "\n".join(lines) + "\n"
 
 

@@ -123,9 +123,9 @@ def subsample(data: TaskData, max_queries: int, seed: int) -> TaskData:
 
 
 def _scores_and_rankings(data: TaskData, q: np.ndarray, names: list[str], c: np.ndarray):
-    """Per query: its candidate names ranked best first, and the confidence of that ranking."""
+    """Per query: its candidate names ranked best first, the confidence of that ranking, and the raw scores."""
     index = {n: i for i, n in enumerate(names)}
-    rankings, conf = [], []
+    rankings, conf, raw = [], [], []
     full = q @ c.T if data.query_candidates is None else None
     for qi in range(len(data.queries)):
         if full is None:
@@ -138,7 +138,8 @@ def _scores_and_rankings(data: TaskData, q: np.ndarray, names: list[str], c: np.
         top = (len(own) - 1 - np.argsort(-scores[::-1], kind="stable"))[:10]
         rankings.append([own[i] for i in top])
         conf.append(selector.confidence(scores))
-    return rankings, np.asarray(conf)
+        raw.append(scores)
+    return rankings, np.asarray(conf), raw
 
 
 def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple[str, ...],
@@ -157,27 +158,30 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         c_emb[mode], _ = store.embed(cand_items, mode, desc=f"{meta.name} candidates")
     result = {"num_queries": len(data.queries), "num_queries_total": len(full.queries),
               "num_candidates": len(names), "scores": {}, "per_query": {}}
-    conf = {}
+    conf, raw = {}, {}
     for qm in modes:
         for tm in modes:
-            rankings, cf = _scores_and_rankings(data, q_emb[qm], names, c_emb[tm])
+            rankings, cf, scores = _scores_and_rankings(data, q_emb[qm], names, c_emb[tm])
             pair = pair_name(qm, tm)
             result["scores"][pair] = score_rankings(rankings, data.labels, rel)
             result["per_query"][pair] = per_query(rankings, data.labels, meta.metric, rel)
             if qm == tm:
-                conf[qm] = cf
+                conf[qm], raw[qm] = cf, scores
     if "disc" in modes and "gen" in modes:
         dd, gg = np.asarray(result["per_query"]["disc_disc"]), np.asarray(result["per_query"]["gen_gen"])
         result["scores"]["oracle"] = {meta.metric: float(np.maximum(dd, gg).mean())}
         pick_gen = selector.choose(conf["disc"], conf["gen"])
         result["scores"]["selector"] = {meta.metric: float(np.where(pick_gen, gg, dd).mean()),
                                         "chose_gen_fraction": float(pick_gen.mean())}
+        cross = selector.choose_cross(raw["disc"], raw["gen"])
+        result["scores"]["selector_cross"] = {meta.metric: float(np.where(cross, gg, dd).mean()),
+                                              "chose_gen_fraction": float(cross.mean())}
     if pass_k:
         samples = store.embed_samples(data.queries, pass_k, desc=meta.name)
         target_mode = "gen" if "gen" in modes else "disc"
         best = np.zeros(len(data.queries))
         for s in range(pass_k):
-            rankings, _ = _scores_and_rankings(data, samples[:, s], names, c_emb[target_mode])
+            rankings, _, _ = _scores_and_rankings(data, samples[:, s], names, c_emb[target_mode])
             best = np.maximum(best, per_query(rankings, data.labels, meta.metric, rel))
         result["scores"][f"pass@{pass_k}"] = {meta.metric: float(best.mean())}
     if "gen" in modes:

@@ -31,6 +31,21 @@ def choose(conf_disc: np.ndarray, conf_gen: np.ndarray) -> np.ndarray:
     return np.asarray(conf_gen) > np.asarray(conf_disc)
 
 
+def choose_cross(disc_scores: list[np.ndarray], gen_scores: list[np.ndarray]) -> np.ndarray:
+    """Cross-check variant: when the two modes' top-1 candidates differ, ask each mode how plausible the *other*
+    mode's pick is (its z-score among that mode's candidate scores) and follow the pick the other mode finds more
+    plausible. True where gen is chosen; agreement or ties go to disc."""
+    pick = np.zeros(len(disc_scores), dtype=bool)
+    for i, (sd, sg) in enumerate(zip(disc_scores, gen_scores)):
+        d1, g1 = int(np.argmax(sd)), int(np.argmax(sg))
+        if d1 == g1 or sd.size < 2:
+            continue
+        z_gen_of_disc_pick = (sg[d1] - sg.mean()) / (sg.std() + EPS)
+        z_disc_of_gen_pick = (sd[g1] - sd.mean()) / (sd.std() + EPS)
+        pick[i] = z_disc_of_gen_pick > z_gen_of_disc_pick
+    return pick
+
+
 def gap_closed(selector: float | None, disc: float | None, gen: float | None, oracle: float | None) -> float | None:
     """(selector − best single mode) / (oracle − best single mode); None when the oracle has no advantage."""
     if None in (selector, disc, gen, oracle):
