@@ -81,6 +81,7 @@ def run(cfg: EvaluateConfig) -> dict:
     cols = columns_of(results)
     aggregates = {c: aggregate(expected, results, c) for c in cols}
     gap = selector_gap(aggregates)
+    gap_cross = selector_gap(aggregates, "selector_cross")
     notes = [f"model: `{cfg.model}`", f"data: `{cfg.data_root}` (tasks: {cfg.tasks})",
              f"modes: {', '.join(modes)}; scores ×100; smoke tasks are not averaged"]
     if cfg.max_queries_per_task:
@@ -97,11 +98,14 @@ def run(cfg: EvaluateConfig) -> dict:
     per_query = {name: r.pop("per_query") for name, r in results.items()}
     summary = {"tasks": {t.name: {"meta": t.__dict__, **results[t.name]} for t in tasks},
                "aggregates": aggregates, "modes": list(modes), "columns": cols, "selector_gap_closed": gap,
+               "selector_cross_gap_closed": gap_cross,
                "seconds": seconds, "embedding_requests": store.requests, "embedding_calls": store.calls,
                "cache": cache.describe()}
     metrics = {"seconds": seconds, "embedding_calls": store.calls, "embedding_requests": store.requests}
     if gap is not None:
         metrics["selector_gap_closed"] = gap
+    if gap_cross is not None:
+        metrics["selector_cross_gap_closed"] = gap_cross
     for c in cols:
         label = _key(c)
         if aggregates[c]["overall"] is not None:
