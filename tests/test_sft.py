@@ -152,3 +152,23 @@ def test_sft_logs_loss_parts_to_mlflow(compact_model, tmp_path, monkeypatch):
     for key in ("loss", "loss_gen_ctr", "loss_disc_ctr", "loss_ce_q", "loss_ce_t", "learning_rate", "grad_norm",
                 "samples_per_second"):
         assert key in logged, (key, logged)
+
+
+def test_lora_with_frozen_vision_merges_into_a_plain_checkpoint(compact_model, tmp_path):
+    from umeflow.model.embedder import Embedder
+    from umeflow.model.items import Item
+    from umeflow.steps.sft import run
+
+    data = write_sft_fixture(tmp_path)
+    metrics = run(_cfg(compact_model, data, tmp_path / "lora", max_steps=3, save_steps=100, lora_r=4,
+                       freeze_vision=True, learning_rate=1e-2))
+    assert metrics["trainable_parameters"] < metrics["total_parameters"] / 2
+    before = load_file(str(compact_model / "model.safetensors"))
+    after = _weights(tmp_path / "lora")
+    assert set(after) == set(before)  # merged: no lora_A/lora_B keys, same layout as the base checkpoint
+    vision = [k for k in before if k.startswith("visual.") and ".merger." not in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)  # frozen
+    llm = [k for k in before if "self_attn.q_proj.weight" in k]
+    assert any(not torch.equal(before[k], after[k]) for k in llm)  # LoRA deltas merged in
+    out = Embedder(tmp_path / "lora" / "model").encode([Item("red")], mode="disc")
+    assert np.isfinite(out.embeddings).all()

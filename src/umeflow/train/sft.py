@@ -225,7 +225,10 @@ def apply_freezing(model, cfg: SFTConfig) -> dict[str, int]:
     groups = {"vision": [p for n, p in inner.visual.named_parameters() if not n.startswith("merger")],
               "merger": list(inner.visual.merger.parameters()),
               "llm": list(inner.language_model.parameters()) + list(core.lm_head.parameters())}
-    for name, flag in (("vision", cfg.freeze_vision), ("merger", cfg.freeze_merger), ("llm", cfg.freeze_llm)):
+    settings = [("vision", cfg.freeze_vision), ("merger", cfg.freeze_merger), ("llm", cfg.freeze_llm)]
+    if cfg.lora_r:  # the LLM is trained through its LoRA adapters only; PEFT already froze its base weights
+        settings = settings[:2]
+    for name, flag in settings:
         for p in groups[name]:
             p.requires_grad_(not flag)
     return {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
