@@ -172,3 +172,38 @@ def test_lora_with_frozen_vision_merges_into_a_plain_checkpoint(compact_model, t
     assert any(not torch.equal(before[k], after[k]) for k in llm)  # LoRA deltas merged in
     out = Embedder(tmp_path / "lora" / "model").encode([Item("red")], mode="disc")
     assert np.isfinite(out.embeddings).all()
+
+
+def test_gradcache_step_on_the_vlm_matches_the_plain_step(compact_model, tmp_path):
+    """GradCache over image+text pairs split into sub-batches gives the plain full-batch gradients."""
+    from umeflow.model.backbone import load_backbone
+    from umeflow.train.gradcache import grad_cache_backward
+    from umeflow.train.losses import SFTLossWeights, sft_loss
+    from umeflow.train.sft import media_root_of, pair_forward, split_pairs
+    from umeflow.train.sft_data import SFTCollator, load_sft_pairs
+
+    data = write_sft_fixture(tmp_path, n=7)
+    bb = load_backbone(compact_model)
+    model = bb.model.train()
+    pairs, _ = load_sft_pairs(data / "sft.jsonl", media_root_of(data))
+    batch = SFTCollator(bb.processor, bb.family.name)(pairs)
+    chunks = split_pairs(batch, 3)
+    assert [len(c["target_keys"]) for c in chunks] == [3, 3, 1]
+    assert torch.equal(torch.cat([c["query"]["pixel_values"] for c in chunks]), batch["query"]["pixel_values"])
+
+    def model_fn(inputs):
+        return pair_forward(model, inputs, bb.gen_emb_id, bb.disc_emb_id)
+
+    def loss_fn(reps, ce):
+        return sft_loss(reps, ce, SFTLossWeights(), dedup_keys=batch["target_keys"])
+
+    reps, ce = model_fn(batch)
+    plain_loss, _ = loss_fn(reps, ce)
+    plain_loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    cached_loss, _ = grad_cache_backward(model_fn, chunks, loss_fn)
+    assert float(cached_loss) == pytest.approx(float(plain_loss), rel=1e-5)
+    for n, p in model.named_parameters():
+        if n in plain:
+            torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-6)

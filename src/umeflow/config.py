@@ -122,6 +122,8 @@ class EvaluateConfig:
 
 @dataclass
 class AnnotateConfig:
+    """``umeflow annotate``: a reasoning + summary for each side of each training pair (UME-R1 SFT records)."""
+
     SECTION = "annotate"
     data: str = "state/data"  # `umeflow data build` output (train/pairs.jsonl in MMEB-train layout)
     out: str = "state/annotate"
@@ -129,19 +131,24 @@ class AnnotateConfig:
     seed: int = 0
     limit: int = 0  # annotate only the first N pairs (0 = all)
     on_bad_record: str = "error"
-    max_reasoning_words: int = 16  # grounded: length of the written reasoning (a tiny model must learn to emit it)
-    # UME-R1 filters
-    filter_ngram: int = 4
-    filter_max_repeats: int = 3
-    filter_max_reasoning_words: int = 1024
+    # grounded backend: short, because a tiny model must learn to emit it
+    max_reasoning_words: int = 16
+    max_summary_words: int = 12
+    # UME-R1 filters (a pair is dropped when either side fails; counted per reason)
+    filter_ngram: int = 4  # an n-gram of this length ...
+    filter_max_repeats: int = 3  # ... occurring this many times or more is a repetition
+    max_reasoning_tokens: int = 1024  # whitespace tokens inside <think>…</think>
     # openai backend (the API key is read from the environment variable named here, nowhere else)
-    base_url: str = ""
+    base_url: str = ""  # e.g. http://vllm:8000/v1
     model: str = ""
     api_key_env: str = "OPENAI_API_KEY"
     prompt: str = ""  # empty = the built-in UME-R1-style prompt
+    max_tokens: int = 1024
+    temperature: float = 0.0
     concurrency: int = 4
     max_retries: int = 5
-    backoff_base: float = 1.0
+    backoff_base: float = 1.0  # seconds; attempt k waits backoff_base * 2**k with jitter (or Retry-After)
+    max_backoff: float = 120.0
     timeout: float = 120.0
     cache_dir: str = "state/cache/annotate"
 

@@ -1,116 +1,109 @@
 """``umeflow annotate``: MMEB-train pairs → UME-R1 SFT records with a reasoning + summary on each side.
 
 Reads ``<data>/train/pairs.jsonl`` (validated, media checked), annotates the query and the target of every pair
-separately, filters with UME-R1's rules, and writes ``<out>/sft.jsonl`` (UME-R1 SFT layout), ``manifest.json``
-(media root, counts, backend), ``metrics.json`` (kept, dropped per reason, cache hits, calls) and ``run_info.json``.
-Everything is published atomically; nothing is dropped without being counted.
+separately (``grounded`` offline backend or an ``openai``-compatible MLLM endpoint), appends ``<gen_emb>``, applies
+UME-R1's filters, and publishes ``<out>/`` atomically:
+
+- ``sft.jsonl``     UME-R1 SFT records (method.md §1.5); media paths relative to ``manifest.json``'s ``media_root``
+- ``manifest.json`` media root, record count, backend, sha256 of sft.jsonl
+- ``metrics.json``  pairs in/kept, pairs dropped per filter, sides rejected per filter, bad records, calls, cache hits
+- ``run_info.json`` git sha, resolved config + hash, input hash
+
+Nothing is dropped silently: every filtered pair and every skipped bad record is counted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from umeflow.annotate.backends import DEFAULT_PROMPT, GroundedAnnotator, OpenAIAnnotator, Side
-from umeflow.annotate.filters import check
+from umeflow.annotate.filters import REASONS, check
+from umeflow.annotate.grounded import GroundedAnnotator
+from umeflow.annotate.openai_compat import OpenAIAnnotator
+from umeflow.annotate.sides import Side, sides_of
 from umeflow.config import AnnotateConfig
 from umeflow.data.schemas import load_records
 from umeflow.errors import UserError
 from umeflow.io import atomic_path, sha256_file, write_json, write_run_info
 from umeflow.model.chat import GEN_EMB, user_text
-from umeflow.model.items import strip_placeholders
 
 log = logging.getLogger(__name__)
 
 
-def summary_hint(rec: dict) -> str:
-    """The pair's shared answer, from real metadata: the class label, the VQA answer, the category, the caption."""
-    meta = rec.get("meta") or {}
-    target = strip_placeholders(rec.get("pos_text", ""))
-    if meta.get("label") and not meta.get("question"):
-        return str(meta["label"]).lower()
-    if meta.get("question") or (meta.get("category") and target == meta["category"]):
-        return target
-    caption = (meta.get("caption") or target).split(". ")[0]  # the first sentence, at most 8 words
-    return " ".join(caption.rstrip(".").split()[:8])
-
-
-def sides_of(rec: dict, line: int, root: Path, file: str) -> tuple[Side, Side]:
-    hint = summary_hint(rec)
-    meta = rec.get("meta") or {}
-
-    def side(role, text_key, image_key):
-        text = strip_placeholders(rec.get(text_key, ""))
-        image = rec.get(image_key) or None
-        return Side(f"{file}:{line} {'qry' if role == 'query' else 'pos'}", role, text,
-                    root / image if image else None, meta, hint)
-
-    return side("query", "qry", "qry_image_path"), side("target", "pos_text", "pos_image_path")
-
-
-def _sft_side(side: Side, response: str, root: Path) -> dict:
-    human = ("<image>\n" if side.image is not None else "") + user_text(side.text)
+def sft_side(side: Side, response: str) -> dict:
+    """One side of a UME-R1 SFT record: ``<image>`` placeholder (if any), the UME-R1 user text, the response."""
+    human = ("<image>\n" if side.image else "") + user_text(side.text)
     out = {"conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": response}]}
-    if side.image is not None:
-        out["image"] = str(Path(side.image).relative_to(root))
+    if side.image:
+        out["image"] = side.image
     return out
 
 
+def annotate_sides(cfg: AnnotateConfig, sides: list[Side]) -> tuple[list[str], dict]:
+    """One response (without ``<gen_emb>``) per side, and the backend's counters."""
+    if cfg.backend == "grounded":
+        annotator = GroundedAnnotator(cfg.seed, cfg.max_reasoning_words, cfg.max_summary_words)
+        responses = [annotator.annotate(s) for s in tqdm(sides, desc="annotate (grounded)", unit="side")]
+        return responses, {"calls": 0, "retries": 0, "requests": 0, "cache_hits": 0}
+    if cfg.backend == "openai":
+        annotator = OpenAIAnnotator(cfg.base_url, cfg.model, cfg.cache_dir, cfg.api_key_env, cfg.prompt,
+                                    cfg.concurrency, cfg.max_retries, cfg.backoff_base, cfg.max_backoff, cfg.timeout,
+                                    cfg.max_tokens, cfg.temperature)
+        with tqdm(desc=f"annotate ({cfg.model})", unit="side") as bar:
+            responses = annotator.annotate_all(sides, bar)
+        return responses, {**annotator.stats, "cache_torn_lines": annotator.cache.torn_lines}
+    raise UserError(f"annotate.backend must be 'grounded' or 'openai', got {cfg.backend!r}")
+
+
 def run(cfg: AnnotateConfig) -> dict:
-    data = Path(cfg.data)
-    root = data / "train"
+    root = Path(cfg.data) / "train"
     pairs_file = root / "pairs.jsonl"
     if not pairs_file.is_file():
         raise UserError(f"{pairs_file} does not exist; run `umeflow data build` first or point --data at its output")
-    records, counter = load_records(pairs_file, "mmeb_train", media_root=root, on_bad_record=cfg.on_bad_record)
+    records, bad = load_records(pairs_file, "mmeb_train", media_root=root, on_bad_record=cfg.on_bad_record)
     if cfg.limit:
         records = records[:cfg.limit]
-    pairs = [sides_of(r, r["_line"], root, pairs_file.name) for r in records]
-    sides = [s for pair in pairs for s in pair]
+    if not records:
+        raise UserError(f"{pairs_file} holds no usable pair ({bad.count} bad records skipped)")
+    pairs = [sides_of(r, f"{pairs_file.name}:{r['_line']}", root, cfg.max_summary_words) for r in records]
+    responses, backend_stats = annotate_sides(cfg, [s for pair in pairs for s in pair])
 
-    if cfg.backend == "grounded":
-        annotator = GroundedAnnotator(cfg.seed, cfg.max_reasoning_words)
-        responses = {s: annotator.annotate(s) for s in tqdm(sides, desc="annotate (grounded)", unit="side")}
-        stats = {"calls": 0, "cache_hits": 0}
-    elif cfg.backend == "openai":
-        annotator = OpenAIAnnotator(cfg.base_url, cfg.model, cfg.cache_dir, cfg.api_key_env,
-                                    cfg.prompt or DEFAULT_PROMPT, cfg.concurrency, cfg.max_retries, cfg.backoff_base,
-                                    cfg.timeout)
-        with tqdm(total=len(sides), desc=f"annotate ({cfg.model})", unit="side") as bar:
-            responses = annotator.annotate_all(sides, bar)
-        stats = {"calls": annotator.calls, "cache_hits": annotator.cache_hits}
-    else:
-        raise UserError(f"annotate.backend must be 'grounded' or 'openai', got {cfg.backend!r}")
-
-    dropped = {"malformed": 0, "repeated_ngrams": 0, "too_long": 0}
-    out_lines = []
-    for rec, (q, t) in zip(records, pairs):
-        rq, rt = responses[q] + GEN_EMB, responses[t] + GEN_EMB
-        reason = (check(rq, cfg.filter_ngram, cfg.filter_max_repeats, cfg.filter_max_reasoning_words)
-                  or check(rt, cfg.filter_ngram, cfg.filter_max_repeats, cfg.filter_max_reasoning_words))
-        if reason:
-            dropped[reason] += 1
+    dropped, rejected_sides = Counter(), Counter()
+    kept_by_dataset = Counter()
+    lines = []
+    for i, (query, target) in enumerate(pairs):
+        q, t = responses[2 * i] + GEN_EMB, responses[2 * i + 1] + GEN_EMB
+        reasons = [check(r, cfg.filter_ngram, cfg.filter_max_repeats, cfg.max_reasoning_tokens) for r in (q, t)]
+        rejected_sides.update(r for r in reasons if r)
+        if any(reasons):
+            dropped[next(r for r in reasons if r)] += 1
             continue
-        out_lines.append({"dataset_name": rec.get("dataset_name", ""), "qry": _sft_side(q, rq, root),
-                          "pos": _sft_side(t, rt, root)})
-    if not out_lines:
-        raise UserError(f"every pair was filtered out ({dropped}); check the annotator's output format")
+        kept_by_dataset[query.dataset] += 1
+        lines.append(json.dumps({"dataset_name": query.dataset, "qry": sft_side(query, q), "pos": sft_side(target, t)},
+                                ensure_ascii=False))
+    if not lines:
+        raise UserError(f"every pair was filtered out (dropped: {dict(dropped)}); check the annotator's output "
+                        f"format against <think>…</think><answer>…")
 
-    metrics = {"pairs_in": len(records), "pairs_kept": len(out_lines), "backend": cfg.backend,
-               **{f"dropped_{k}": v for k, v in dropped.items()}, **stats, **counter.summary()}
-    metrics = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    metrics = {"backend": cfg.backend, "pairs_in": len(records), "pairs_kept": len(lines),
+               "pairs_dropped": len(records) - len(lines), "bad_records_skipped": bad.count,
+               **{f"dropped_{r}": dropped[r] for r in REASONS},
+               **{f"rejected_sides_{r}": rejected_sides[r] for r in REASONS},
+               **{f"kept.{name}": n for name, n in sorted(kept_by_dataset.items())},
+               **backend_stats}
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
-        with open(tmp / "sft.jsonl", "w", encoding="utf-8") as f:
-            for line in out_lines:
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-        write_json(tmp / "manifest.json", {"media_root": str(root.resolve()), "pairs": len(out_lines),
-                                           "backend": cfg.backend, "sft_sha256": sha256_file(tmp / "sft.jsonl")})
+        (tmp / "sft.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        write_json(tmp / "manifest.json", {"format": "ume_sft", "media_root": str(root.resolve()),
+                                           "records": len(lines), "backend": cfg.backend,
+                                           "sft_sha256": sha256_file(tmp / "sft.jsonl")})
         write_json(tmp / "metrics.json", metrics)
-        write_run_info(tmp, cfg, inputs={"pairs.jsonl": sha256_file(pairs_file)})
-    log.info("annotated %d pairs (%s); kept %d, dropped %s", len(records), cfg.backend, len(out_lines), dropped)
+        write_run_info(tmp, cfg, inputs={"train/pairs.jsonl": sha256_file(pairs_file)})
+    log.info("annotate (%s): %d pairs in, %d kept, dropped %s, %d bad records skipped", cfg.backend, len(records),
+             len(lines), dict(dropped) or "none", bad.count)
     return metrics
