@@ -1,92 +1,197 @@
-"""``umeflow annotate``: grounded backend, UME-R1 filters, and the OpenAI backend against a real local HTTP server."""
+"""``umeflow annotate``: the grounded backend on a real (small) data build, UME-R1's filters, and the OpenAI backend
+against a real HTTP server on 127.0.0.1 (retries, errors, resume after SIGKILL)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from umeflow.annotate.filters import check
-from umeflow.config import AnnotateConfig
+from umeflow.annotate import grounded
+from umeflow.annotate.filters import REWARD_FORMAT_RE, check
+from umeflow.annotate.openai_compat import retry_after_seconds
+from umeflow.config import AnnotateConfig, DataConfig
+from umeflow.data.build import build
 from umeflow.data.schemas import load_records
-from umeflow.errors import UserError
+from umeflow.errors import RecordError, UserError
+from umeflow.io import iter_jsonl
+from umeflow.model.chat import user_text
+from umeflow.model.items import strip_placeholders
 from umeflow.steps.annotate import run
 
-LABELS = ["Bag", "Sneaker", "Coat", "Dress"]
+SMALL_BUILD = dict(eval_fashion_per_class=1, eval_fashion_vqa_per_class=1, eval_digits_per_class=1,
+                   eval_retrieval_candidates=5, eval_video_segments_per_clip=1, train_fashion_per_class=2,
+                   train_fashion_vqa_per_class=1, train_mnist_per_class=1, tuxpaint_limit=40)
 
 
-def write_pairs(root: Path, n: int = 8) -> Path:
-    """A small ``data build`` output: Fashion-style classification pairs plus one VQA pair, with real-looking meta."""
-    images = root / "train" / "images" / "FashionMNIST"
+@pytest.fixture(scope="module")
+def built(assets_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "data"
+    build(DataConfig(assets_dir=str(assets_dir), out=str(out), **SMALL_BUILD))
+    return out
+
+
+def _gpt(side: dict) -> str:
+    return side["conversations"][1]["value"]
+
+
+def _parts(response: str) -> tuple[str, str]:
+    m = re.fullmatch(r"<think>(.*)</think><answer>(.*)<gen_emb>", response, re.DOTALL)
+    assert m, response
+    return m[1], m[2]
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[\w'/-]+", text.lower()))
+
+
+# ------------------------------------------------------------------------------------------------------ grounded
+
+def test_grounded_on_a_real_build(built, tmp_path):
+    out = tmp_path / "ann"
+    metrics = run(AnnotateConfig(data=str(built), out=str(out), max_reasoning_words=12))
+    pairs = [rec for _, rec in iter_jsonl(built / "train" / "pairs.jsonl")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert metrics["pairs_in"] == len(pairs) == metrics["pairs_kept"] == manifest["records"] > 50
+    assert metrics["pairs_dropped"] == 0 and metrics["calls"] == 0
+    assert set(json.loads((out / "run_info.json").read_text())["inputs"]) == {"train/pairs.jsonl"}
+
+    records, _ = load_records(out / "sft.jsonl", "ume_sft", media_root=manifest["media_root"])  # media resolve
+    assert len(records) == len(pairs)
+    template_words = _words(" ".join(grounded.IMAGE_OPENERS + grounded.TEXT_OPENERS + grounded.ANSWER_OPENERS)
+                            + " the digit so answer is asked which belongs to category in image picture a an")
+    datasets = set()
+    for pair, rec in zip(pairs, records):
+        meta, datasets = pair["meta"], datasets | {pair["dataset_name"]}
+        assert rec["dataset_name"] == pair["dataset_name"]
+        for key, text_key, image_key in (("qry", "qry", "qry_image_path"), ("pos", "pos_text", "pos_image_path")):
+            side = rec[key]
+            human = side["conversations"][0]["value"]
+            image = pair[image_key]
+            assert human == ("<image>\n" if image else "") + user_text(strip_placeholders(pair[text_key]))
+            assert side.get("image") == (image or None)
+            response = _gpt(side)
+            assert check(response) is None and REWARD_FORMAT_RE.fullmatch(response), response
+            reasoning, summary = _parts(response)
+            assert len(reasoning.split()) <= 12
+            # grounded: every word is template wording or comes from this record's metadata and texts
+            known = _words(" ".join([*map(str, meta.values()), pair["qry"], pair["pos_text"]])) | template_words
+            assert _words(reasoning) <= known, (reasoning, meta)
+            assert _words(summary) <= _words(" ".join(map(str, meta.values())) + " " + pair["pos_text"])
+        q_summary, t_summary = _parts(_gpt(rec["qry"]))[1], _parts(_gpt(rec["pos"]))[1]
+        assert q_summary == t_summary
+        if meta.get("question"):
+            assert q_summary == pair["pos_text"] in ("yes", "no")
+        elif meta.get("label"):
+            assert q_summary == meta["label"].lower()
+        elif pair["pos_text"] == meta.get("category"):
+            assert q_summary == meta["category"]
+        else:
+            assert meta["caption"].startswith(q_summary)
+    assert datasets == {"FashionMNIST", "FashionMNIST_vqa", "MNIST", "TuxPaint_i2t", "TuxPaint_t2i",
+                        "TuxPaint_category_vqa"}
+    assert sum(v for k, v in metrics.items() if k.startswith("kept.")) == metrics["pairs_kept"]
+
+    # the SFT step reads back exactly the inputs that were annotated
+    from umeflow.train.sft_data import load_sft_pairs
+
+    sft_pairs, _ = load_sft_pairs(out / "sft.jsonl", manifest["media_root"])
+    for pair, sft in zip(pairs, sft_pairs):
+        assert sft.query.text == strip_placeholders(pair["qry"])
+        assert sft.target.text == strip_placeholders(pair["pos_text"])
+        assert sft.query.images == ((built / "train" / pair["qry_image_path"]).resolve(),) * bool(
+            pair["qry_image_path"])
+
+    # deterministic for a seed; another seed varies the wording, never the summaries
+    run(AnnotateConfig(data=str(built), out=str(tmp_path / "again"), max_reasoning_words=12))
+    assert (tmp_path / "again" / "sft.jsonl").read_bytes() == (out / "sft.jsonl").read_bytes()
+    run(AnnotateConfig(data=str(built), out=str(tmp_path / "seed1"), max_reasoning_words=12, seed=1))
+    other, _ = load_records(tmp_path / "seed1" / "sft.jsonl", "ume_sft")
+    assert [_gpt(r["qry"]) for r in other] != [_gpt(r["qry"]) for r in records]
+    assert [_parts(_gpt(r["qry"]))[1] for r in other] == [_parts(_gpt(r["qry"]))[1] for r in records]
+
+
+def _write_pairs(root: Path, rows: list[dict]) -> Path:
+    """A hand-written ``data build`` output (MMEB-train layout) with coloured-square images."""
+    images = root / "train" / "images" / "Colors"
     images.mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        label = LABELS[i % len(LABELS)]
-        Image.new("RGB", (28, 28), (i * 20, 90, 200 - i * 10)).save(images / f"{i}.png")
-        lines.append({"dataset_name": "FashionMNIST", "qry": "<|image_1|>\nRepresent the given image for classification",
-                      "qry_image_path": f"images/FashionMNIST/{i}.png", "pos_text": f"a photo of a {label.lower()}",
-                      "pos_image_path": "", "meta": {"label": label, "caption": f"a photo of a {label.lower()}",
-                                                     "gloss": "a thing people wear or carry"}})
-    lines.append({"dataset_name": "FashionMNIST_vqa", "qry": "<|image_1|>\nIs this item footwear?",
-                  "qry_image_path": "images/FashionMNIST/1.png", "pos_text": "yes", "pos_image_path": "",
-                  "meta": {"label": "Sneaker", "question": "Is this item footwear?"}})
-    (root / "train" / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for i in range(4):
+        Image.new("RGB", (28, 28), (60 * i, 90, 200 - 40 * i)).save(images / f"{i}.png")
+    (root / "train" / "pairs.jsonl").write_text("".join(
+        (row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return root
 
 
-def test_grounded_annotations_are_valid_sft_records(tmp_path):
-    data = write_pairs(tmp_path / "data")
-    metrics = run(AnnotateConfig(data=str(data), out=str(tmp_path / "ann")))
-    assert metrics["pairs_kept"] == 9 and metrics["calls"] == 0
-    records, _ = load_records(tmp_path / "ann" / "sft.jsonl", "ume_sft", media_root=data / "train")
-    assert len(records) == 9
-    for rec in records:
-        for side in ("qry", "pos"):
-            gpt = rec[side]["conversations"][1]["value"]
-            assert check(gpt) is None, gpt
-        q_answer = rec["qry"]["conversations"][1]["value"].split("<answer>")[1]
-        assert q_answer == rec["pos"]["conversations"][1]["value"].split("<answer>")[1]  # one shared summary
-    first = records[0]
-    assert first["qry"]["image"] == "images/FashionMNIST/0.png"
-    assert first["qry"]["conversations"][0]["value"].startswith("<image>\nRepresent the given image")
-    assert "<answer>bag<gen_emb>" in first["qry"]["conversations"][1]["value"]
-    vqa = records[-1]["qry"]["conversations"][1]["value"]
-    assert "footwear" in vqa and vqa.endswith("<answer>yes<gen_emb>")
-    again = tmp_path / "ann2"
-    run(AnnotateConfig(data=str(data), out=str(again)))
-    assert (again / "sft.jsonl").read_bytes() == (tmp_path / "ann" / "sft.jsonl").read_bytes()  # deterministic
+def _pair(i: int, label: str, **kw) -> dict:
+    return {"dataset_name": "Colors", "qry": "<|image_1|>\nRepresent the given image for classification",
+            "qry_image_path": f"images/Colors/{i % 4}.png", "pos_text": f"a photo of {label}", "pos_image_path": "",
+            "meta": {"label": label, "caption": f"a photo of {label}"}, **kw}
 
+
+def test_bad_input_records_are_an_error_or_counted(tmp_path):
+    data = _write_pairs(tmp_path / "data", [_pair(0, "red"), {"dataset_name": "Colors", "pos_text": "x"},
+                                            _pair(1, "blue")])
+    with pytest.raises(RecordError, match=r"pairs\.jsonl:2: field 'qry'"):
+        run(AnnotateConfig(data=str(data), out=str(tmp_path / "ann")))
+    assert not (tmp_path / "ann").exists()
+    metrics = run(AnnotateConfig(data=str(data), out=str(tmp_path / "ann"), on_bad_record="skip"))
+    assert metrics["bad_records_skipped"] == 1 and metrics["pairs_kept"] == 2
+    with pytest.raises(UserError, match="does not exist"):
+        run(AnnotateConfig(data=str(tmp_path / "nowhere"), out=str(tmp_path / "x")))
+
+
+# ------------------------------------------------------------------------------------------------------- filters
 
 @pytest.mark.parametrize("response,reason", [
     ("<think>fine reasoning</think><answer>bag<gen_emb>", None),
+    ("<think>fine</think>\n<answer>a bag</answer>\n<gen_emb>", None),  # a closed answer is still the summary
     ("<answer>bag<gen_emb>", "malformed"),
     ("<think>x</think><answer>bag", "malformed"),
+    ("<think>x</think><answer>bag<gen_emb> trailing", "malformed"),
     ("<think>x</think><answer>bag<gen_emb><gen_emb>", "malformed"),
+    ("<think>x</think><think>y</think><answer>bag<gen_emb>", "malformed"),
+    ("<think> </think><answer>bag<gen_emb>", "malformed"),
+    ("<think>x</think><answer> <gen_emb>", "malformed"),
     ("<think>" + "the same four words " * 3 + "</think><answer>bag<gen_emb>", "repeated_ngrams"),
-    ("<think>" + " ".join(f"w{i}" for i in range(2000)) + "</think><answer>bag<gen_emb>", "too_long"),
+    ("<think>" + "the same four words " * 2 + "</think><answer>bag<gen_emb>", None),
+    ("<think>" + " ".join(f"w{i}" for i in range(1025)) + "</think><answer>bag<gen_emb>", "too_long"),
+    ("<think>" + " ".join(f"w{i}" for i in range(1024)) + "</think><answer>bag<gen_emb>", None),
 ])
 def test_filters(response, reason):
     assert check(response) == reason
+    if reason is None:
+        assert REWARD_FORMAT_RE.fullmatch(response)  # every kept SFT target earns the RL format reward
+
+
+def test_retry_after_header():
+    assert retry_after_seconds("0") == 0 and retry_after_seconds("2.5") == 2.5
+    assert retry_after_seconds(formatdate(time.time() - 60, usegmt=True)) == 0
+    assert 25 < retry_after_seconds(formatdate(time.time() + 30, usegmt=True)) <= 30
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
 
 
 # ------------------------------------------------------------------------------------------ a real local endpoint
 
 class Endpoint:
-    """A chat-completions server on 127.0.0.1 with scripted failures; counts requests per content."""
+    """POST /v1/chat/completions on 127.0.0.1. ``script``: statuses to answer before succeeding; ``replies``: a
+    function of the request text giving the completion; requests after the first ``slow_after`` take 2 s each."""
 
-    def __init__(self, script=None, delay_after: int | None = None):
-        self.script = list(script or [])  # statuses to return before succeeding, e.g. [429, 200]
-        self.delay_after = delay_after
+    def __init__(self, script=(), replies=None, slow_after: int | None = None):
+        self.script, self.replies, self.slow_after = list(script), replies or self.default_reply, slow_after
         self.requests: list[dict] = []
+        self.answered: list[str] = []  # contents whose 200 response was fully written
         self.lock = threading.Lock()
         outer = self
 
@@ -96,26 +201,29 @@ class Endpoint:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                content = Endpoint.content(body)
                 with outer.lock:
                     outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                           "body": body})
+                                           "body": body, "content": content})
                     status = outer.script.pop(0) if outer.script else 200
-                    n = len(outer.requests)
-                if outer.delay_after is not None and n > outer.delay_after:
-                    time.sleep(0.5)
+                    slow = outer.slow_after is not None and len(outer.requests) > outer.slow_after
+                if slow:
+                    time.sleep(2)
                 if status != 200:
-                    self.send_response(status)
-                    self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "busy"}')
+                    self._send(status, {"error": "busy"}, {"Retry-After": "0"})
                     return
-                text = body["messages"][0]["content"][-1]["text"].split("\n")[0][:40]
-                answer = {"choices": [{"message": {"content": f"<think>Looking at: {text}</think>"
-                                                              f"<answer>summary</answer>"}}]}
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
+                parts = body["messages"][0]["content"]
+                self._send(200, {"choices": [{"message": {"role": "assistant",
+                                                          "content": outer.replies(parts[-1]["text"], parts)}}]})
+                with outer.lock:
+                    outer.answered.append(content)
+
+            def _send(self, status, obj, headers=None):
+                data = json.dumps(obj).encode()
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                             **(headers or {})}.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -123,76 +231,135 @@ class Endpoint:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    @staticmethod
+    def content(body: dict) -> str:
+        return json.dumps(body["messages"], sort_keys=True)
+
+    @staticmethod
+    def default_reply(text: str, parts: list) -> str:
+        seen = "an image and " if len(parts) > 1 else ""
+        first_line = text.splitlines()[0]
+        return f"<think>I see {seen}the words: {first_line}</think><answer>{first_line.split()[-1]}</answer>"
+
     def close(self):
         self.server.shutdown()
+        self.server.server_close()
 
-    def contents(self) -> list[str]:
-        return [json.dumps(r["body"]["messages"], sort_keys=True) for r in self.requests]
+    def __enter__(self):
+        return self
 
-
-def _openai_cfg(data, out, url, cache, **kw):
-    base = dict(data=str(data), out=str(out), backend="openai", base_url=url, model="test-mllm",
-                cache_dir=str(cache), backoff_base=0.01, max_retries=3, concurrency=2)
-    base.update(kw)
-    return AnnotateConfig(**base)
+    def __exit__(self, *exc):
+        self.close()
 
 
-def test_openai_retries_a_429_and_sends_images_and_key(tmp_path, monkeypatch):
-    data = write_pairs(tmp_path / "data", n=2)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
-    server = Endpoint(script=[429])
-    try:
-        metrics = run(_openai_cfg(data, tmp_path / "ann", server.url, tmp_path / "cache"))
-    finally:
-        server.close()
-    assert metrics["pairs_kept"] == 3 and metrics["calls"] == 7  # 6 distinct sides + the one 429
-    assert all(r["path"] == "/v1/chat/completions" for r in server.requests)
-    assert all(r["auth"] == "Bearer sk-test-secret" for r in server.requests)
-    image_parts = [p for r in server.requests for p in r["body"]["messages"][0]["content"] if p["type"] == "image_url"]
-    assert image_parts and image_parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
-    text = (tmp_path / "ann" / "sft.jsonl").read_text()
-    assert "<answer>summary<gen_emb>" in text and "</answer>" not in text
-    for f in (tmp_path / "ann").iterdir():
-        assert "sk-test-secret" not in f.read_text()
+def _openai_cfg(data, out, url, cache, **kw) -> AnnotateConfig:
+    return AnnotateConfig(**{"data": str(data), "out": str(out), "backend": "openai", "base_url": url,
+                             "model": "test-mllm", "cache_dir": str(cache), "backoff_base": 0.01, "max_retries": 3,
+                             "concurrency": 2, **kw})
+
+
+def test_openai_retries_a_429_sends_images_and_the_key(tmp_path, monkeypatch):
+    data = _write_pairs(tmp_path / "data", [_pair(0, "red"), _pair(1, "blue"), _pair(0, "red")])
+    monkeypatch.setenv("UMEFLOW_TEST_KEY", "sk-test-secret")
+    out = tmp_path / "ann"
+    with Endpoint(script=[429]) as server:
+        metrics = run(_openai_cfg(data, out, server.url, tmp_path / "cache", api_key_env="UMEFLOW_TEST_KEY"))
+        distinct = 4  # 2 images + 2 target texts; the repeated third pair costs no request
+        assert len(server.requests) == distinct + 1 and len({r["content"] for r in server.requests}) == distinct
+        assert metrics["calls"] == distinct + 1 and metrics["retries"] == 1 and metrics["requests"] == distinct
+        assert metrics["pairs_kept"] == 3 and metrics["cache_hits"] == 0
+        assert all(r["path"] == "/v1/chat/completions" for r in server.requests)
+        assert all(r["auth"] == "Bearer sk-test-secret" for r in server.requests)
+        assert all(r["body"]["model"] == "test-mllm" for r in server.requests)
+        urls = {p["image_url"]["url"] for r in server.requests for p in r["body"]["messages"][0]["content"]
+                if p["type"] == "image_url"}
+        assert {base64.b64decode(u.split(",", 1)[1]) for u in urls} == \
+            {(data / "train" / "images" / "Colors" / f"{i}.png").read_bytes() for i in (0, 1)}
+        assert all(u.startswith("data:image/png;base64,") for u in urls)
+
+        records, _ = load_records(out / "sft.jsonl", "ume_sft", media_root=data / "train")
+        assert _gpt(records[0]["qry"]) == ("<think>I see an image and the words: Represent the given image for "
+                                           "classification</think><answer>classification<gen_emb>")
+        assert _gpt(records[1]["pos"]) == "<think>I see the words: a photo of blue</think><answer>blue<gen_emb>"
+        assert records[0]["qry"]["image"] == "images/Colors/0.png" and "image" not in records[0]["pos"]
+        for f in out.iterdir():
+            assert "sk-test-secret" not in f.read_text()
+
+        again = run(_openai_cfg(data, tmp_path / "again", server.url, tmp_path / "cache"))  # all from the cache
+        assert again["cache_hits"] == distinct and again["calls"] == 0 and len(server.requests) == distinct + 1
+    assert (tmp_path / "again" / "sft.jsonl").read_bytes() == (out / "sft.jsonl").read_bytes()
+
+
+def test_filtered_pairs_are_counted_per_reason(tmp_path):
+    replies = {"a photo of red": "<think>red</think><answer>red</answer>",
+               "a photo of blue": "no tags at all",
+               "a photo of green": "<think>" + "round and round we go " * 3 + "</think><answer>green</answer>",
+               "a photo of grey": "<think>" + "word " * 30 + "</think><answer>grey</answer>",
+               "a photo of pink": "<think>pink</think><answer>pink</answer>"}
+
+    def reply(text, parts):
+        if len(parts) > 1:  # image queries: fine, except the one for pink
+            return "<think>an image</think>" if "pink" in text else "<think>an image</think><answer>it</answer>"
+        return replies[text.split("\n")[0]]
+
+    rows = [_pair(0, "red"), _pair(1, "blue"), _pair(2, "green"), _pair(3, "grey"),
+            _pair(0, "pink", qry="<|image_1|>\nRepresent the pink image")]
+    data = _write_pairs(tmp_path / "data", rows)
+    with Endpoint(replies=reply) as server:
+        metrics = run(_openai_cfg(data, tmp_path / "ann", server.url, tmp_path / "cache", max_reasoning_tokens=20))
+    assert metrics["pairs_in"] == 5 and metrics["pairs_kept"] == 1 and metrics["pairs_dropped"] == 4
+    assert (metrics["dropped_malformed"], metrics["dropped_repeated_ngrams"], metrics["dropped_too_long"]) == (2, 1, 1)
+    assert (metrics["rejected_sides_malformed"], metrics["rejected_sides_repeated_ngrams"],
+            metrics["rejected_sides_too_long"]) == (2, 1, 1)
+    kept = [json.loads(line) for line in (tmp_path / "ann" / "sft.jsonl").read_text().splitlines()]
+    assert [_gpt(r["pos"]) for r in kept] == ["<think>red</think><answer>red<gen_emb>"]
 
 
 def test_openai_5xx_storm_fails_clearly_and_publishes_nothing(tmp_path):
-    data = write_pairs(tmp_path / "data", n=2)
-    server = Endpoint(script=[503] * 100)
-    try:
-        with pytest.raises(UserError, match=r"pairs\.jsonl:\d+ (qry|pos).*HTTP 503"):
+    data = _write_pairs(tmp_path / "data", [_pair(0, "red"), _pair(1, "blue")])
+    with Endpoint(script=[503] * 100) as server:
+        with pytest.raises(UserError, match=r"pairs\.jsonl:1 qry: .* failed 4 times; last error: HTTP 503"):
             run(_openai_cfg(data, tmp_path / "ann", server.url, tmp_path / "cache", concurrency=1))
-    finally:
-        server.close()
+        assert len(server.requests) == 4  # 1 try + 3 retries of the first side, then the run stopped
     assert not (tmp_path / "ann").exists()
-    assert len(server.requests) == 4  # 1 try + 3 retries, then the run stopped
+    assert not list((tmp_path / "cache").glob("shard-*"))  # nothing answered, nothing cached
 
 
-def test_openai_resume_after_kill_repeats_no_call(tmp_path):
-    data = write_pairs(tmp_path / "data", n=8)
-    server = Endpoint(delay_after=6)  # fast for 6 responses, then slow enough to be killed mid-way
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def test_openai_refusal_is_not_retried(tmp_path):
+    data = _write_pairs(tmp_path / "data", [_pair(0, "red")])
+    with Endpoint(script=[401]) as server:
+        with pytest.raises(UserError, match=r"pairs\.jsonl:1 qry: .*HTTP 401.*OPENAI_API_KEY"):
+            run(_openai_cfg(data, tmp_path / "ann", server.url, tmp_path / "cache", concurrency=1))
+        assert len(server.requests) == 1
+
+
+def test_openai_resume_after_kill_repeats_no_answered_call(tmp_path):
+    rows = [_pair(i, f"colour {i}") for i in range(8)]  # 4 distinct images + 8 distinct target texts
+    data = _write_pairs(tmp_path / "data", rows)
     cmd = [sys.executable, "-m", "umeflow.cli", "annotate", "--data", str(data), "--out", str(tmp_path / "ann"),
-           "--backend", "openai", "--set", f"base_url={server.url}", "--set", "model=test-mllm",
-           "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "concurrency=1"]
-    try:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "--backend", "openai", "--set", "model=test-mllm", "--set", f"cache_dir={tmp_path / 'cache'}",
+           "--set", "concurrency=1", "--set", "backoff_base=0.01"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with Endpoint(slow_after=5) as server:
+        proc = subprocess.Popen(cmd + ["--set", f"base_url={server.url}"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
-        while time.time() < deadline and len(server.requests) < 7 and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        while len(server.requests) < 6 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # the 6th request is in flight (the server holds it for 2 s)
         proc.wait()
-        first = len(server.requests)
-        assert 6 <= first < 14 and not (tmp_path / "ann").exists()
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
-        contents = server.contents()
-    finally:
-        server.close()
-    assert len(contents) - len(set(contents)) <= 1  # at most the one request in flight at the kill is repeated
-    assert len(set(contents)) == 14  # 9 pairs × 2 sides, of which 14 differ (4 labels + "yes" as targets)
-    straight = Endpoint()
-    try:
-        run(_openai_cfg(data, tmp_path / "ann-straight", straight.url, tmp_path / "cache-straight"))
-    finally:
-        straight.close()
-    assert (tmp_path / "ann" / "sft.jsonl").read_text() == (tmp_path / "ann-straight" / "sft.jsonl").read_text()
+        answered_before_kill = list(server.answered)
+        in_flight = server.requests[-1]["content"]
+        assert len(answered_before_kill) == 5 and len(server.requests) == 6
+        assert not (tmp_path / "ann").exists()
+        server.slow_after = None
+        subprocess.run(cmd + ["--set", f"base_url={server.url}"], env=env, check=True, capture_output=True,
+                       timeout=120)
+        rerun = [r["content"] for r in server.requests[6:]]
+    assert not set(rerun) & set(answered_before_kill)  # no completed call repeated
+    assert in_flight in rerun and len(rerun) == len(set(rerun)) == 12 - 5
+    assert json.loads((tmp_path / "ann" / "metrics.json").read_text())["cache_hits"] == 5
+
+    with Endpoint() as straight:
+        run(_openai_cfg(data, tmp_path / "straight", straight.url, tmp_path / "cache-straight"))
+    assert (tmp_path / "ann" / "sft.jsonl").read_bytes() == (tmp_path / "straight" / "sft.jsonl").read_bytes()

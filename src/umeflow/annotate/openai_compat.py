@@ -173,7 +173,11 @@ class OpenAIAnnotator:
         def work(key: str, side: Side) -> str | None:
             if stop.is_set():
                 return None
-            response = self.request(side)
+            try:
+                response = self.request(side)
+            except BaseException:
+                stop.set()  # here, in the worker, so that no queued request starts after a failure
+                raise
             self.cache.put(key, response)
             return response
 
@@ -185,8 +189,8 @@ class OpenAIAnnotator:
                         answers[futures[future]] = future.result()
                         if progress is not None:
                             progress.update(1)
-                except BaseException:
-                    stop.set()  # requests in flight finish (and are cached); queued ones never start
+                except BaseException:  # (also Ctrl-C) requests in flight finish and are cached; queued ones never start
+                    stop.set()
                     for future in futures:
                         future.cancel()
                     raise
