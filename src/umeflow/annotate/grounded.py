@@ -50,6 +50,8 @@ class GroundedAnnotator:
             if label:
                 return _with_article(str(label))
             return _inline(short_phrase(caption, max_words)) if caption else None
+        if label:  # a class caption ("a product photo of an ankle boot") is about its label
+            return _with_article(str(label))
         if caption and caption in side.text:  # the text carries the caption (possibly after an instruction)
             return _inline(short_phrase(caption, max_words))
         return _inline(short_phrase(side.text, max_words)) if side.text else None

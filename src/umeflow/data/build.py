@@ -55,8 +55,8 @@ TEXT_TGT_INST = ""
 VIDEO_INST = "Recognize the content of the video."
 CATEGORY_QUESTION = "Which category does this picture belong to?"
 
-FASHION_CAPTIONS = ("{label}", "a photo of a {lower}", "a picture of a {lower}", "a grayscale photo of a {lower}",
-                    "an image of a {lower}", "a product photo of a {lower}")
+FASHION_CAPTIONS = ("{label}", "a photo of {a_lower}", "a picture of {a_lower}", "a grayscale photo of {a_lower}",
+                    "an image of {a_lower}", "a product photo of {a_lower}")
 DIGIT_CAPTIONS = ("{word}", "the digit {word}", "a handwritten {word}", "a handwritten digit {word}")
 FOOTWEAR = {"Sandal", "Sneaker", "Ankle boot"}
 UPPER_BODY = {"T-shirt/top", "Pullover", "Coat", "Shirt"}
@@ -121,7 +121,8 @@ class _Builder:
         base = self.out / "train"
         for i in tqdm(cls_idx, desc="train FashionMNIST", leave=False):
             label = src.FASHION_CLASSES[labels[i]]
-            caption = FASHION_CAPTIONS[rng.integers(len(FASHION_CAPTIONS))].format(label=label, lower=label.lower())
+            caption = FASHION_CAPTIONS[rng.integers(len(FASHION_CAPTIONS))].format(
+                label=label, a_lower=("an " if label[0].lower() in "aeiou" else "a ") + label.lower())
             rel = self.save(src.gray_to_rgb(images[i]), f"images/FashionMNIST/train_{i:05d}.png", base)
             self.add_pair("FashionMNIST", f"{IMG}\n{CLS_INST}", rel, caption, "",
                           {"source": f"fashion-mnist:train:{i}", "label": label, "caption": caption,
