@@ -142,11 +142,10 @@ def test_sft_logs_loss_parts_to_mlflow(compact_model, tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sft-test")
     data = write_sft_fixture(tmp_path)
     run(_cfg(compact_model, data, tmp_path / "sft", max_steps=2, save_steps=100))
     client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("sft-test").experiment_id])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1
     logged = set(runs[0].data.metrics)
     for key in ("loss", "loss_gen_ctr", "loss_disc_ctr", "loss_ce_q", "loss_ce_t", "learning_rate", "grad_norm",
