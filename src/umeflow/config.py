@@ -274,5 +274,6 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-__all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "ConfigError",
+__all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "AnnotateConfig", "SFTConfig",
+           "ConfigError",
            "load_config", "config_hash", "state_dir", "field"]
