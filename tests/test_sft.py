@@ -140,6 +140,9 @@ def test_sft_logs_loss_parts_to_mlflow(compact_model, tmp_path, monkeypatch):
 
     from umeflow.steps.sft import run
 
+    # An earlier step in this process pointed MLflow elsewhere (as the evaluate step or the KFP local runner does);
+    # the SFT run must still land in the store the environment names now.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     data = write_sft_fixture(tmp_path)

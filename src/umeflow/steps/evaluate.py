@@ -24,6 +24,7 @@ from umeflow.evaluate.report import aggregate, bar_plot, column_label, columns_o
 from umeflow.evaluate.runner import EmbeddingStore, evaluate_task
 from umeflow.evaluate.tasks import TaskMeta, select_tasks
 from umeflow.io import atomic_path, write_json, write_run_info
+from umeflow.tracking import use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,11 @@ def run(cfg: EvaluateConfig) -> dict:
 
 
 def _log_mlflow(cfg: EvaluateConfig, metrics: dict, out: Path) -> None:
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = use_tracking(cfg.tracking_uri)
     if not uri:
         return
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
     run_id = os.environ.get("MLFLOW_RUN_ID")
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
         mlflow.log_params({"eval.tasks": cfg.tasks, "eval.mode": cfg.mode, "eval.max_new_tokens": cfg.max_new_tokens,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from umeflow.errors import UserError
 from umeflow.model.backbone import language_model
 from umeflow.model.embedder import gather_last
 from umeflow.train.losses import SFTLossWeights, sft_loss
+from umeflow.tracking import use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,7 @@ def last_checkpoint(folder: Path) -> str | None:
 
 
 def training_arguments(cfg: SFTConfig, output_dir: Path) -> TrainingArguments:
-    report = ["mlflow"] if (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")) else []
-    if cfg.tracking_uri:
-        os.environ.setdefault("MLFLOW_TRACKING_URI", cfg.tracking_uri)
+    report = ["mlflow"] if use_tracking(cfg.tracking_uri) else []
     kwargs = dict(
         output_dir=str(output_dir), per_device_train_batch_size=cfg.per_device_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
