@@ -13,7 +13,7 @@ import logging
 import sys
 
 from umeflow.config import (AnnotateConfig, AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
-                            SFTConfig, load_config)
+                            GRPOConfig, SFTConfig, load_config)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--max-minutes", type=float)
     sft.add_argument("--seed", type=int)
     sft.add_argument("--deepspeed", help="DeepSpeed JSON (configs/deepspeed/zero2.json | zero3.json)")
+
+    grpo = sub.add_parser("grpo", help="RL stage on TRL: UME-R1 GRPO (rank x gap reward) or Embed-RL (embed_rl)")
+    _common(grpo)
+    grpo.add_argument("--model", help="policy's initial checkpoint (an SFT output)")
+    grpo.add_argument("--data", help="pairs.jsonl / rl.jsonl or the folder holding it")
+    grpo.add_argument("--out")
+    grpo.add_argument("--recipe", choices=["ume_r1", "embed_rl"])
+    grpo.add_argument("--embedder", help="embed_rl: the frozen umeflow checkpoint that embeds input + T-CoT")
+    grpo.add_argument("--max-steps", type=int)
+    grpo.add_argument("--max-minutes", type=float)
+    grpo.add_argument("--seed", type=int)
+    grpo.add_argument("--deepspeed", help="DeepSpeed JSON (configs/deepspeed/zero2.json | zero3.json)")
 
     ev = sub.add_parser("evaluate", help="score MMEB-style tasks (Hit@1 / NDCG@5)")
     _common(ev)
@@ -146,6 +158,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                           max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
                           deepspeed=args.deepspeed)
         sft_step.run(cfg)
+        return 0
+    if cmd == "grpo":
+        from umeflow.steps import grpo as grpo_step
+
+        cfg = load_config(GRPOConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,
+                          recipe=args.recipe, embedder=args.embedder, max_steps=args.max_steps,
+                          max_minutes=args.max_minutes, seed=args.seed, deepspeed=args.deepspeed)
+        grpo_step.run(cfg)
         return 0
     if cmd == "evaluate":
         from umeflow.steps import evaluate

@@ -201,6 +201,81 @@ class SFTConfig:
     tracking_uri: str = ""  # MLflow; empty = MLFLOW_TRACKING_URI from the environment, if set
 
 
+@dataclass
+class GRPOConfig:
+    """RL stage on TRL's GRPOTrainer: UME-R1 (``recipe: ume_r1``) or Embed-RL's embedder-guided RL (``embed_rl``).
+
+    Defaults are UME-R1's settings written out (TRL's defaults differ): G = 8, β = 0.04, ε_low 0.2, ε_high 0.28,
+    lr 1e-6, temperature 1.0, Dr.GRPO loss normalisation (Σ token losses / max completion length), group-std
+    advantages with +1e-4. The tiny CPU recipe overrides sizes and lr in configs/tiny.yaml.
+    """
+
+    SECTION = "grpo"
+    recipe: str = "ume_r1"  # ume_r1 | embed_rl
+    model: str = "state/sft/model"  # the policy's initial checkpoint (an SFT output)
+    data: str = "state/data/train"  # pairs.jsonl (umeflow data build) or rl.jsonl (UME-R1 RL records), or a file
+    out: str = "state/grpo"
+    seed: int = 0
+    on_bad_record: str = "error"
+    max_pairs: int = 0  # 0 = every pair; else a seeded subset
+    datasets: str = ""  # comma-separated dataset_name filter (empty = all)
+    # rollouts
+    num_generations: int = 8  # G
+    pairs_per_step: int = 16  # N distinct pairs per generation batch (2·N·G rollouts; UME-R1: 16 × 8 per side)
+    per_device_batch_size: int = 2  # rollouts per forward/backward micro-batch
+    max_completion_length: int = 2048
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    embedding_source: str = "generation"  # generation: states captured during rollout | forward: extra forward pass
+    # policy optimisation
+    learning_rate: float = 1e-6
+    lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.04  # KL to the frozen SFT model (k3 estimator)
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.28
+    loss_type: str = "dr_grpo"  # UME-R1: per-sequence Σ token losses / max_completion_length
+    scale_rewards: str = "group"  # (r − mean_G) / (std_G + 1e-4)
+    max_steps: int = 100
+    max_minutes: float = 0.0
+    # UME-R1 reward weights (format + rank × gap)
+    weight_format: float = 1.0
+    weight_embedding: float = 1.0
+    # Embed-RL (recipe: embed_rl). Paper defaults: α 0.05 format, β 0.8 process, γ 0.2 outcome, τ 0.5, Acc = all-in-top-k
+    embedder: str = ""  # frozen umeflow checkpoint that embeds input + T-CoT evidence (disc mode)
+    weight_tcot_format: float = 0.05
+    weight_process: float = 0.8
+    weight_outcome: float = 0.2
+    negative_tau: float = 0.5
+    acc_mode: str = "all"  # all (paper) | fraction (released code)
+    weighted_negatives: bool = True
+    require_cue: bool = True  # the <thinking> JSON must carry the input kind's cue (bbox_2d / text_keywords)
+    judge_base_url: str = ""  # OpenAI-compatible endpoint for the process reward; empty = no process reward
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_candidates: int = 4  # other pairs shown to the judge besides the positives
+    # safety net: stop when every group has zero reward variance for this many consecutive logged steps (0 = off)
+    zero_std_patience: int = 20
+    # scale
+    deepspeed: str = ""
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"  # colocate | server
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_server_base_url: str = ""
+    max_pixels: int = 0  # 0 = the processor's own cap
+    # bookkeeping
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: bool = True
+    tracking_uri: str = ""
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -274,6 +349,6 @@ def config_hash(cfg: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-__all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "AnnotateConfig", "SFTConfig",
+__all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "AnnotateConfig", "SFTConfig", "GRPOConfig",
            "ConfigError",
            "load_config", "config_hash", "state_dir", "field"]

@@ -114,8 +114,12 @@ class OpenAIAnnotator:
 
     def request(self, side: Side) -> str:
         """One side's answer; retries transient failures, raises UserError naming the record otherwise."""
+        return self.post(self.payload(side), side.where)
+
+    def post(self, body: dict, where: str) -> str:
+        """POST one chat-completions ``body``; retries 429/5xx/timeouts with backoff; ``where`` names the caller's
+        record in errors."""
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        body = self.payload(side)
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             wait = None
@@ -129,22 +133,22 @@ class OpenAIAnnotator:
                     try:
                         return normalise_response(r.json()["choices"][0]["message"])
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                        raise UserError(f"{side.where}: {self.url} answered 200 without a chat completion "
+                        raise UserError(f"{where}: {self.url} answered 200 without a chat completion "
                                         f"({type(e).__name__}: {e}; body starts {r.text[:200]!r})") from None
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
                 if r.status_code not in RETRY_STATUS and r.status_code < 500:
                     hint = (f" (is the API key in ${self.api_key_env} right?)" if r.status_code in (401, 403)
                             else "")
-                    raise UserError(f"{side.where}: {self.url} refused the request, {last}{hint}")
+                    raise UserError(f"{where}: {self.url} refused the request, {last}{hint}")
                 wait = retry_after_seconds(r.headers.get("Retry-After"))
             if attempt == self.max_retries:
                 break
             if wait is None:
                 wait = self.backoff_base * 2 ** attempt * random.uniform(0.5, 1.0)
             self._count("retries")
-            log.debug("%s: %s; retrying in %.2fs", side.where, last, wait)
+            log.debug("%s: %s; retrying in %.2fs", where, last, wait)
             time.sleep(min(wait, self.max_backoff))
-        raise UserError(f"{side.where}: {self.url} failed {self.max_retries + 1} times; last error: {last}. "
+        raise UserError(f"{where}: {self.url} failed {self.max_retries + 1} times; last error: {last}. "
                         f"Completed answers are cached in {self.cache.folder}; rerun to resume.")
 
     # ------------------------------------------------------------------------------------------------ all sides

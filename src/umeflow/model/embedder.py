@@ -32,7 +32,7 @@ from umeflow.model.items import Encoded, Item
 log = logging.getLogger(__name__)
 
 
-class _LastStateRecorder:
+class LastStateRecorder:
     """Forward hook that records ``last_hidden_state`` of the language model, per call."""
 
     def __init__(self):
@@ -154,7 +154,7 @@ class Embedder:
         batch = self.batch(items)
         prompt_len = batch["input_ids"].shape[1]
         gen_id = self.backbone.gen_emb_id
-        recorder = _LastStateRecorder()
+        recorder = LastStateRecorder()
         handle = language_model(self.model).register_forward_hook(recorder)
         try:
             sequences = self.model.generate(

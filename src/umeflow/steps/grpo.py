@@ -1,0 +1,183 @@
+"""``umeflow grpo``: the RL stage (UME-R1 GRPO, or Embed-RL's embedder-guided RL) on TRL; resumable.
+
+Outputs under ``--out``: ``checkpoints/checkpoint-N`` (resume), ``model/`` (final safetensors checkpoint + processor,
+written atomically; the Embedder loads it), ``metrics.json`` (reward trend, format rate, steps, time),
+``log_history.json`` and ``run_info.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from umeflow.config import GRPOConfig
+from umeflow.errors import UserError
+from umeflow.io import atomic_path, write_json, write_run_info
+from umeflow.tracking import use_tracking
+
+log = logging.getLogger(__name__)
+
+# The Embed-RL policy's instruction (Traceability-CoT, method.md §2.2), written for umeflow in the paper's structure:
+# role, rules, the mandatory evidence cue for the input kind, one example, the task slot.
+TCOT_INSTRUCTION = (
+    "You are a reasoning assistant that prepares inputs for a retrieval embedder.\n"
+    "Rules: 1) think in one or two short, evidence-grounded sentences; 2) inside <thinking> include one JSON "
+    "object with the evidence cue: {cue_hint}; 3) re-check your reasoning in <rethink>; 4) restate the content "
+    "in <answer> without changing its meaning.\n"
+    "Format: <thinking>…{{JSON}}…</thinking><rethink>…</rethink><answer>…</answer>\n"
+    "Example: <thinking>A red apple fills the picture. {example}</thinking><rethink>The object is round and red, "
+    "an apple.</rethink><answer>a red apple</answer>\n"
+    "{slot}: {text}"
+)
+_CUES = {
+    "image": ('{"bbox_2d": [x1, y1, x2, y2]} with coordinates on a 0-1000 grid', '{"bbox_2d": [120, 80, 880, 920]}'),
+    "text": ('{"text_keywords": ["…", "…"]} with the key concepts', '{"text_keywords": ["red", "apple"]}'),
+}
+
+
+def tcot_prompt(side, is_query: bool, pair) -> str:
+    kind = "image" if side.image is not None else "text"
+    hint, example = _CUES[kind]
+    slot = "TASK/QUESTION" if is_query else ("POSITIVE IMAGE" if kind == "image" else "POSITIVE TEXT OUTPUT")
+    return TCOT_INSTRUCTION.format(cue_hint=hint, example=example, slot=slot, text=side.text or "(see the image)")
+
+
+def trl_arguments(cfg: GRPOConfig, output_dir: Path, world_size: int, report_to: list[str]):
+    from trl import GRPOConfig as TRLGRPOConfig
+
+    rollouts = 2 * cfg.pairs_per_step * cfg.num_generations
+    per_step = cfg.per_device_batch_size * world_size
+    if cfg.pairs_per_step < 2:
+        raise UserError("grpo.pairs_per_step must be ≥ 2: a rollout's negatives are the other pairs' rollouts")
+    if rollouts % per_step:
+        raise UserError(f"2 × pairs_per_step × num_generations = {rollouts} rollouts per generation batch must be a "
+                        f"multiple of per_device_batch_size × processes = {per_step}")
+    return TRLGRPOConfig(
+        output_dir=str(output_dir), seed=cfg.seed, data_seed=cfg.seed, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size, gradient_accumulation_steps=rollouts // per_step,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+        beta=cfg.beta, epsilon=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, num_iterations=1,
+        loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, mask_truncated_completions=False,
+        shuffle_dataset=False,  # rows are (query, target) interleaved; both sides of a pair share a batch
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
+        save_strategy="steps", report_to=report_to, remove_unused_columns=False, bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed or None,
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        **({"vllm_server_base_url": cfg.vllm_server_base_url} if cfg.vllm_server_base_url else {}),
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=False, log_completions=False,
+    )
+
+
+def _rewards(cfg: GRPOConfig, rollouts):
+    from umeflow.train.grpo import EmbedRLRewards, UmeEmbeddingReward, UmeFormatReward
+
+    if cfg.recipe == "ume_r1":
+        return [UmeFormatReward(), UmeEmbeddingReward(rollouts)], [cfg.weight_format, cfg.weight_embedding]
+    if cfg.recipe != "embed_rl":
+        raise UserError(f"grpo.recipe must be 'ume_r1' or 'embed_rl', got {cfg.recipe!r}")
+    if not cfg.embedder:
+        raise UserError("the embed_rl recipe needs grpo.embedder: a frozen umeflow checkpoint (e.g. state/sft/model)")
+    from umeflow.model.embedder import Embedder
+
+    judge = None
+    if cfg.judge_base_url:
+        from umeflow.annotate.openai_compat import OpenAIAnnotator
+
+        judge = OpenAIAnnotator(cfg.judge_base_url, cfg.judge_model, Path(cfg.out) / "judge-cache",
+                                api_key_env=cfg.judge_api_key_env, max_tokens=10)
+    embedder = Embedder(cfg.embedder)
+    embedder.model.eval().requires_grad_(False)
+    parts = EmbedRLRewards(embedder, rollouts, tau=cfg.negative_tau, acc_mode=cfg.acc_mode,
+                           weighted_negatives=cfg.weighted_negatives, require_cue=cfg.require_cue, judge=judge,
+                           judge_model=cfg.judge_model, judge_candidates=cfg.judge_candidates, seed=cfg.seed)
+    weights = [cfg.weight_tcot_format, cfg.weight_outcome, cfg.weight_process if judge is not None else 0.0]
+    return parts.funcs(), weights
+
+
+def _trend(history: list[dict], key: str) -> dict:
+    values = [h[key] for h in history if key in h]
+    if not values:
+        return {}
+    q = max(1, len(values) // 4)
+    first, last = sum(values[:q]) / q, sum(values[-q:]) / q
+    return {f"{key}.first_quarter": first, f"{key}.last_quarter": last, f"{key}.change": last - first}
+
+
+def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
+    from umeflow.model.backbone import load_backbone
+    from umeflow.train.grpo import RolloutStates, UmeGRPOTrainer, ZeroStdGuard
+    from umeflow.train.grpo_data import load_rl_pairs, prompt_dataset, select_pairs
+    from umeflow.train.sft import TimeBudget, last_checkpoint
+
+    if cfg.recipe not in ("ume_r1", "embed_rl"):
+        raise UserError(f"grpo.recipe must be 'ume_r1' or 'embed_rl', got {cfg.recipe!r}")
+    torch.manual_seed(cfg.seed)
+    pairs, data_info = load_rl_pairs(cfg.data, cfg.on_bad_record)
+    datasets = [d.strip() for d in cfg.datasets.split(",") if d.strip()]
+    pairs = select_pairs(pairs, cfg.max_pairs, cfg.seed, datasets)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if len(pairs) < cfg.pairs_per_step:
+        raise UserError(f"{len(pairs)} RL pairs are fewer than grpo.pairs_per_step={cfg.pairs_per_step}")
+    # whole generation batches only, so no batch ever holds one side of a pair
+    pairs = pairs[: len(pairs) - len(pairs) % cfg.pairs_per_step]
+    dataset = prompt_dataset(pairs, None if cfg.recipe == "ume_r1" else tcot_prompt)
+
+    backbone = load_backbone(cfg.model)
+    processor = backbone.processor
+    if cfg.max_pixels:  # hardware presets cap rollout image sizes (UME-R1: 2,359,296)
+        size = processor.image_processor.size
+        if isinstance(size, dict):
+            size["longest_edge"] = cfg.max_pixels
+        else:
+            size.longest_edge = cfg.max_pixels
+    rollouts = RolloutStates()
+    reward_funcs, weights = _rewards(cfg, rollouts)
+    out = Path(cfg.out)
+    report = ["mlflow"] if use_tracking(cfg.tracking_uri) else []
+    args = trl_arguments(cfg, out / "checkpoints", world, report)
+    args.reward_weights = weights
+    guard = ZeroStdGuard(cfg.zero_std_patience)
+    trainer = UmeGRPOTrainer(
+        model=backbone.model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+        processing_class=processor, gen_emb_id=backbone.gen_emb_id, rollouts=rollouts,
+        embedding_source=cfg.embedding_source,
+        callbacks=[guard] + ([TimeBudget(cfg.max_minutes)] if cfg.max_minutes else []) + list(callbacks or []))
+    resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
+    if resume:
+        log.info("resuming from %s", resume)
+    log.info("GRPO (%s) on %d pairs: %d rollouts per step (%d pairs × 2 sides × G=%d)", cfg.recipe, len(pairs),
+             2 * cfg.pairs_per_step * cfg.num_generations, cfg.pairs_per_step, cfg.num_generations)
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    history = trainer.state.log_history
+    write_json(out / "log_history.json", history)
+    if guard.message:
+        raise UserError(f"grpo {guard.message} Checkpoints are under {out / 'checkpoints'}; no final model was "
+                        f"published.")
+
+    with atomic_path(out / "model") as tmp:
+        trainer.save_model(str(tmp))
+        processor.save_pretrained(tmp)
+        if not list(tmp.glob("*.safetensors")):
+            raise AssertionError("the final checkpoint has no safetensors weights")
+    reward_keys = (["rewards/format/mean", "rewards/embedding/mean", "embedding/rank_mean", "embedding/gap_mean"]
+                   if cfg.recipe == "ume_r1" else
+                   ["rewards/tcot_format/mean", "rewards/outcome/mean", "rewards/process/mean"])
+    metrics = {"global_step": int(trainer.state.global_step), "train_seconds": seconds, "pairs": len(pairs),
+               "recipe": cfg.recipe, "rollouts_per_step": 2 * cfg.pairs_per_step * cfg.num_generations,
+               "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+               "bad_records_skipped": data_info["bad_records_skipped"]}
+    for key in reward_keys + ["reward", "frac_reward_zero_std", "embedding/fallback_rate"]:
+        metrics |= _trend(history, key)
+    write_json(out / "metrics.json", metrics)
+    write_run_info(out, cfg, inputs={"data": data_info["source"], "model": cfg.model})
+    log.info("GRPO done: %d steps in %.0fs, final model at %s", metrics["global_step"], seconds, out / "model")
+    return metrics
