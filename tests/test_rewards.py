@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -145,3 +146,40 @@ def test_bbox_crops_on_the_0_1000_grid():
     item = evidence_item("a bag", im, '<thinking>{"bbox_2d": [0, 0, 1000, 1000]}</thinking><rethink>r</rethink>'
                                       "<answer>bag</answer>")
     assert len(item.images) == 2 and item.text.startswith("a bag\n<thinking>")
+
+
+def _judge_fixture(endpoint_url, tmp_path):
+    from umeflow.annotate.openai_compat import OpenAIAnnotator
+    from umeflow.train.grpo import EmbedRLRewards, RolloutStates
+
+    judge = OpenAIAnnotator(endpoint_url, "judge", tmp_path / "cache", max_tokens=10, backoff_base=0.01)
+    return EmbedRLRewards(embedder=None, store=RolloutStates(), judge=judge, judge_model="judge", judge_candidates=2)
+
+
+def test_process_reward_asks_a_real_judge_over_http(tmp_path):
+    from chat_endpoint import Endpoint
+
+    # 3 pairs × 2 sides × G=2; a positive rollout's text names its pair ("pair-0 …"), so a judge that picks the
+    # candidate naming the anchor's pair is always right, and one that answers out of range never is.
+    pairs = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    side = ["query", "query", "target", "target"] * 3
+    texts = [f"pair-{p} {s} rollout" for p, s in zip(pairs, side)]
+    emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    rows = torch.tensor(pairs)
+    local = slice(0, 12)
+
+    def right(text, parts):
+        anchor = re.search(r"Reasoning: pair-(\d+)", text).group(1)
+        numbered = re.findall(r"^(\d+)\. pair-(\d+)", text, flags=re.M)
+        return next(n for n, p in numbered if p == anchor)
+
+    with Endpoint(replies=right) as server:
+        rewards = _judge_fixture(server.url, tmp_path)
+        out = rewards._process(texts, ["x"] * 12, side, emb, rows, None, None, local)
+        assert out == [1.0] * 12 and len(server.requests) == 12
+        prompt = server.requests[0]["body"]["messages"][0]["content"][0]["text"]
+        assert "select the most relevant candidate" in prompt and prompt.count("\n1. ") == 1
+    with Endpoint(replies=lambda text, parts: "99") as server:
+        out = _judge_fixture(server.url, tmp_path / "b")._process(texts, ["x"] * 12, side, emb, rows, None, None,
+                                                                  local)
+        assert out == [0.0] * 12

@@ -329,7 +329,8 @@ class EmbedRLRewards:
             order, positives = judge_candidates(sims[i, other_side], int(loc_pairs[i]), cand_pairs,
                                                 self.judge_candidates, gen)
             prompt = judge_prompt(side_text[i], texts[i], [texts[other_side[j]] for j in order], side[i] == "query")
-            body = {"model": self.judge_model, "messages": [{"role": "user", "content": prompt}],
+            body = {"model": self.judge_model,
+                    "messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}],
                     "max_tokens": 10, "temperature": 0.0}
             choice = parse_judge_choice(self.judge.post(body, f"process reward for rollout {i}"), len(order))
             out.append(1.0 if choice is not None and order[choice] in positives else 0.0)
