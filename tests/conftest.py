@@ -37,3 +37,23 @@ def tiny_model_dir(assets_dir, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("models") / "tiny"
     return Path(init_tiny(ModelInitConfig(out=str(out), assets_dir=str(assets_dir))))
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def single_rank_env() -> dict:
+    """Environment for one process that DeepSpeed treats as rank 0 of a world of 1 (a free rendezvous port, the
+    repo-local JIT cache so the CPU Adam extension is built once)."""
+    repo = Path(__file__).resolve().parents[1]
+    return {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
+            "TORCH_EXTENSIONS_DIR": str(repo / ".cache" / "torch_extensions")}

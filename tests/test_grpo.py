@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -140,18 +138,10 @@ def test_embed_rl_recipe_runs_with_a_frozen_embedder(compact_model, tmp_path):
     assert {"rewards/tcot_format/mean", "rewards/outcome/mean", "outcome/rank_mean"} <= logged
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_grpo_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path):
+def test_two_grpo_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path, single_rank_env):
     data = write_pairs(tmp_path)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
-           "TORCH_EXTENSIONS_DIR": str(repo / ".cache" / "torch_extensions")}
+    env = single_rank_env
     sets = ["num_generations=2", "pairs_per_step=2", "per_device_batch_size=4", "max_completion_length=12",
             "learning_rate=1e-3", "save_steps=100", "zero_std_patience=0"]
     cmd = [sys.executable, "-m", "umeflow.cli", "grpo", "--model", str(compact_model), "--data", str(data),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,18 +109,10 @@ def test_killed_run_resumes_to_the_same_weights(compact_model, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path):
+def test_two_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path, single_rank_env):
     data = write_sft_fixture(tmp_path)
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
-           "TORCH_EXTENSIONS_DIR": str(repo / ".cache" / "torch_extensions")}
+    env = single_rank_env
     cmd = [sys.executable, "-m", "umeflow.cli", "sft", "--model", str(compact_model), "--data", str(data),
            "--out", str(tmp_path / "ds"), "--max-steps", "2", "--deepspeed", str(repo / "configs/deepspeed/zero2.json"),
            "--set", "per_device_batch_size=8", "--set", "save_steps=100"]
