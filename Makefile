@@ -1,5 +1,6 @@
 # umeflow — two commands a newcomer needs:
-#   make run    fetch assets → build data → init the tiny model → annotate → SFT → evaluate the offline suite → table
+#   make run    the train_and_promote pipeline on the KFP local runner: assets/data → tiny model → annotate → SFT →
+#               GRPO → sharded evaluation → MLflow register → promotion gate (champion), then the table
 #   make test   the test suite (installs the venv from the lock file first when it is missing)
 # Everything runs offline from the pinned registry packages; outputs go under state/ (UMEFLOW_STATE to move them).
 
@@ -19,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run eval-init test test-all venv lock bench clean-state
+.PHONY: run run-steps eval-init test test-all venv lock bench clean-state
 
 # The venv is rebuilt whenever the lock or the project metadata changes.
 $(BIN)/.installed: requirements-lock.txt requirements-helm.txt pyproject.toml
@@ -34,7 +35,13 @@ $(BIN)/.installed: requirements-lock.txt requirements-helm.txt pyproject.toml
 
 venv: $(BIN)/.installed
 
+# The embedded default: the same pipeline a cluster runs, on kfp.local (no cluster, no Docker). RUN_ARGS takes
+# recipe overrides, e.g. make run RUN_ARGS="--set sft.max_steps=50 --eval-shards 3".
 run: venv
+	$(BIN)/umeflow run-local --config $(RECIPE) --state $(STATE) $(RUN_ARGS)
+
+# The steps one CLI call at a time into the fixed state/ layout that benchmarks and eval-init read.
+run-steps: venv
 	$(BIN)/umeflow assets fetch --config $(RECIPE) --cache-dir $(STATE)/assets
 	$(BIN)/umeflow data build --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/data
 	$(BIN)/umeflow model init-tiny --config $(RECIPE) --assets-dir $(STATE)/assets --out $(STATE)/models/tiny
@@ -56,7 +63,7 @@ test-all: venv
 	$(BIN)/python -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)
 
 bench: venv
-	test -d $(STATE)/models/tiny || $(MAKE) run
+	test -d $(STATE)/models/tiny || $(MAKE) run-steps
 	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/eval_cache.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/sft_throughput.py --model $(STATE)/models/tiny --data $(STATE)/annotate

@@ -57,3 +57,18 @@ def single_rank_env() -> dict:
     return {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
             "TORCH_EXTENSIONS_DIR": str(repo / ".cache" / "torch_extensions")}
+
+
+# ---------------------------------------------------------------------------------------------- S3 (moto)
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """A real S3-protocol server (moto) on 127.0.0.1, one per session; tests keep to their own buckets/prefixes."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+

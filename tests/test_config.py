@@ -9,9 +9,9 @@ import yaml
 
 from umeflow import config as C
 
-STEP_CONFIGS = {cls.SECTION: cls for cls in (C.AssetsConfig, C.DataConfig, C.ModelInitConfig, C.EmbedConfig,
-                                             C.AnnotateConfig, C.SFTConfig, C.EvaluateConfig)}
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+STEP_CONFIGS = {cls.SECTION: cls for cls in vars(C).values() if isinstance(cls, type) and hasattr(cls, "SECTION")}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("presets/*.yaml"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -32,3 +32,12 @@ def test_typos_and_bad_values_name_the_key(tmp_path):
         C.load_config(C.SFTConfig, None, ["max_steps=lots"])
     cfg = C.load_config(C.SFTConfig, None, ["sft.max_steps=7", "bf16=true"], out="x")
     assert (cfg.max_steps, cfg.bf16, cfg.out) == (7, True, "x")
+
+
+def test_a_preset_overlays_the_recipe_key_by_key():
+    base = C.load_config(C.GRPOConfig, CONFIGS / "qwen2-vl-2b.yaml")
+    both = C.load_config(C.GRPOConfig, [CONFIGS / "qwen2-vl-2b.yaml", CONFIGS / "presets" / "1x80gb.yaml"])
+    assert (base.pairs_per_step, base.max_completion_length) == (32, 2048)
+    assert (both.pairs_per_step, both.max_completion_length, both.max_pixels) == (4, 1024, 1003520)
+    assert both.learning_rate == base.learning_rate == 1e-6  # untouched keys keep the recipe's value
+    assert (both.num_generations, both.beta, both.epsilon_low, both.epsilon_high) == (8, 0.04, 0.2, 0.28)

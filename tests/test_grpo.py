@@ -154,3 +154,34 @@ def test_two_grpo_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path, si
     before = load_file(str(compact_model / "model.safetensors"))
     after = load_file(str(tmp_path / "ds" / "model" / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
+
+
+def test_steps_hold_one_dataset_with_distinct_targets():
+    from umeflow.train.grpo_data import RLPair, RLSide, single_dataset_blocks
+
+    pairs = [RLPair(RLSide(f"q{i}", None), RLSide(f"class {i % 3}", None), "A") for i in range(12)]
+    pairs += [RLPair(RLSide(f"q{i}", None), RLSide(f"caption {i}", None), "B") for i in range(7)]
+    ordered = single_dataset_blocks(pairs, 3, seed=0)
+    blocks = [ordered[i:i + 3] for i in range(0, len(ordered), 3)]
+    assert len(ordered) == 18  # A: 4 blocks of the 3 classes; B: 2 blocks, one caption left over
+    for b in blocks:
+        assert len({p.dataset for p in b}) == 1
+        assert len({p.target.text for p in b}) == 3
+    assert ordered == single_dataset_blocks(pairs, 3, seed=0)
+
+
+def test_grpo_logs_reward_parts_to_mlflow(compact_model, tmp_path, monkeypatch):
+    import mlflow
+
+    from umeflow.steps.grpo import run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run(_cfg(compact_model, write_pairs(tmp_path), tmp_path / "g", max_steps=1))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.`umeflow.step` = 'grpo'")
+    assert len(runs) == 1
+    logged = set(runs[0].data.metrics)
+    for key in ("rewards/format/mean", "rewards/embedding/mean", "embedding/rank_mean", "frac_reward_zero_std"):
+        assert key in logged, (key, logged)

@@ -6,40 +6,21 @@ from __future__ import annotations
 import os
 
 import pytest
+from moto_s3 import use_moto
 from mmeb_fixtures import FIXTURE_TASKS, write_mmeb_fixture
 
 from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.mmeb_v2 import mmeb_v2_task
 from umeflow.evaluate.tasks import load_task
-from umeflow.storage import DataRoot, s3_client, upload_dir
+from umeflow.storage import DataRoot, upload_dir
 
 BUCKET = "mmeb"
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_env(s3_server, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_env(moto_endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("UMEFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    client = s3_client()
-    if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-        client.create_bucket(Bucket=BUCKET)
-    return client
+    return use_moto(monkeypatch, moto_endpoint, BUCKET)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from umeflow.config import (AnnotateConfig, AssetsConfig, ConfigError, DataConfi
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (one section per step)")
+    p.add_argument("--preset", action="append", default=[], metavar="YAML",
+                   help="overlay on the recipe, e.g. a hardware preset (configs/presets/*.yaml); repeatable")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key (repeatable)")
 
@@ -104,6 +106,31 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--max-new-tokens", type=int)
     ev.add_argument("--max-queries-per-task", type=int)
+    ev.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
+                    help="merge the outputs of evaluate runs over shards of --tasks into one report")
+
+    reg = sub.add_parser("register", help="log a checkpoint as an MLflow pyfunc model, register a version, "
+                                          "alias it challenger")
+    _common(reg)
+    reg.add_argument("--model", help="checkpoint folder (safetensors + processor files)")
+    reg.add_argument("--eval-dir", help="its `umeflow evaluate` output folder")
+    reg.add_argument("--name", dest="model_name", help="registered model name (default umeflow)")
+    reg.add_argument("--alias", help="alias given to the new version (default challenger)")
+    reg.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else state/mlflow)")
+    reg.add_argument("--out")
+
+    pro = sub.add_parser("promote", help="apply the promotion policy; move alias champion to the challenger only "
+                                         "when it passes")
+    _common(pro)
+    pro.add_argument("--name", dest="model_name", help="registered model name (default umeflow)")
+    pro.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else state/mlflow)")
+    pro.add_argument("--out")
+    pro.add_argument("--fail-on-reject", action="store_true", default=None,
+                     help="exit with status 3 when the gate rejects the challenger")
+
+    from umeflow.pipeline.cli import add_commands
+
+    add_commands(sub)  # run-local, compile, upload, submit, schedule
     return parser
 
 
@@ -174,8 +201,28 @@ def _dispatch(args: argparse.Namespace) -> int:
                           mode=args.mode, out=args.out, data_root=args.data_root, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task,
                           cache_dir=args.cache_dir, pass_k=args.pass_k)
-        evaluate.run(cfg)
+        evaluate.merge_shards(cfg, args.merge) if args.merge else evaluate.run(cfg)
         return 0
+    if cmd == "register":
+        from umeflow.config import RegisterConfig
+        from umeflow.steps import register
+
+        cfg = load_config(RegisterConfig, args.config, args.overrides, model=args.model, eval_dir=args.eval_dir,
+                          model_name=args.model_name, alias=args.alias, tracking_uri=args.tracking_uri, out=args.out)
+        register.run(cfg)
+        return 0
+    if cmd == "promote":
+        from umeflow.config import PromoteConfig
+        from umeflow.steps import promote
+
+        cfg = load_config(PromoteConfig, args.config, args.overrides, model_name=args.model_name,
+                          tracking_uri=args.tracking_uri, out=args.out, fail_on_reject=args.fail_on_reject)
+        promote.run(cfg)
+        return 0
+    from umeflow.pipeline import cli as pipeline_cli
+
+    if cmd in pipeline_cli.COMMANDS:
+        return pipeline_cli.dispatch(args)
     raise AssertionError(f"unhandled command {cmd}")
 
 
@@ -183,13 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     from umeflow.errors import UserError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "preset", None):  # recipe + overlays, later files winning (config.load_config)
+        args.config = [args.config, *args.preset] if args.config else list(args.preset)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
     except (UserError, ConfigError) as e:
         print(f"umeflow {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)  # e.g. 3: the promotion gate rejected the challenger
 
 
 if __name__ == "__main__":

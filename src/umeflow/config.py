@@ -219,6 +219,9 @@ class GRPOConfig:
     on_bad_record: str = "error"
     max_pairs: int = 0  # 0 = every pair; else a seeded subset
     datasets: str = ""  # comma-separated dataset_name filter (empty = all)
+    # umeflow/Embed-RL: each step's pairs come from one dataset with distinct targets (hard, true negatives);
+    # false = UME-R1's plain file order
+    single_dataset_steps: bool = True
     # rollouts
     num_generations: int = 8  # G
     pairs_per_step: int = 16  # N distinct pairs per generation batch (2·N·G rollouts; UME-R1: 16 × 8 per side)
@@ -276,6 +279,59 @@ class GRPOConfig:
     tracking_uri: str = ""
 
 
+
+@dataclass
+class RegisterConfig:
+    """``umeflow register``: log a checkpoint as an MLflow pyfunc, register a version, alias it ``challenger``."""
+
+    SECTION = "register"
+    model: str = "state/sft/model"  # the Embedder checkpoint folder (safetensors + processor files)
+    eval_dir: str = "state/eval/sft"  # its `umeflow evaluate` output (summary.json, report.md, run_info.json)
+    out: str = "state/register"  # registration.json, model_card.md, metrics.json, run_info.json
+    model_name: str = "umeflow"  # registered model name
+    alias: str = "challenger"
+    experiment: str = "umeflow"
+    tracking_uri: str = ""  # empty = MLFLOW_TRACKING_URI, else the embedded sqlite store under the state dir
+    registry_uri: str = ""  # empty = the tracking URI
+    check_eval_model: bool = True  # refuse an evaluation of a different checkpoint (by fingerprint or path)
+    smoke_test: bool = True  # embed one text with the pyfunc before logging it
+    # serving defaults of the pyfunc (each one a predict param too)
+    default_mode: str = "disc"  # disc | gen
+    max_new_tokens: int = 64
+    batch_size: int = 8
+
+
+@dataclass
+class PromoteConfig:
+    """``umeflow promote``: apply the promotion policy to the ``challenger`` and move ``champion`` when it passes.
+
+    The policy scores one evaluation column (``column``): the overall mean over the suite's tasks and each modality's
+    mean, as the evaluate step aggregates them. Floors of 0 are off.
+    """
+
+    SECTION = "promote"
+    model_name: str = "umeflow"
+    challenger_alias: str = "challenger"
+    champion_alias: str = "champion"
+    out: str = "state/promote"  # decision.json, metrics.json, run_info.json
+    experiment: str = "umeflow"
+    tracking_uri: str = ""  # empty = MLFLOW_TRACKING_URI, else the embedded sqlite store under the state dir
+    registry_uri: str = ""
+    fail_on_reject: bool = False  # exit non-zero (3) when the gate rejects the challenger
+    challenger_version: str = ""  # if set: refuse to judge when the challenger alias points at another version
+    # policy
+    column: str = "disc_disc"  # disc_disc | gen_gen | disc_gen | gen_disc | selector | ... (UME-R1's headline: gen_gen)
+    min_overall: float = 0.0
+    floor_image: float = 0.0
+    floor_video: float = 0.0
+    floor_visdoc: float = 0.0
+    min_gain: float = 0.0  # overall − champion overall must be at least this (absolute, scores in [0, 1])
+    max_modality_regression: float = 0.02  # no modality may drop more than this below the champion's
+    require_complete: bool = True  # every non-smoke task of the evaluated suite scored
+    require_same_tasks: bool = True  # challenger and champion scored on the same task set
+    required_tasks: str = ""  # also required: task names / mmeb-v2 | image | video | visdoc | offline
+    data_root: str = ""  # where `required_tasks: offline` finds tasks.json
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -302,17 +358,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+def load_config(cls: type[T], path: str | os.PathLike | list | None = None, overrides: list[str] | None = None,
                 **explicit: Any) -> T:
     """Build ``cls`` from the recipe section ``cls.SECTION`` of ``path``, then ``overrides``, then ``explicit``.
 
+    ``path`` may be a list: a recipe followed by overlays (e.g. a hardware preset), later files winning key by key.
     ``explicit`` holds values from dedicated CLI flags (``--out`` ...); ``None`` values are ignored.
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
-    if path:
-        p = Path(path)
+    paths = [q for q in (path if isinstance(path, (list, tuple)) else [path]) if q]
+    for p in map(Path, paths):
         if not p.is_file():
             raise ConfigError(f"recipe {p} does not exist")
         try:
@@ -350,5 +407,6 @@ def config_hash(cfg: Any) -> str:
 
 
 __all__ = ["AssetsConfig", "DataConfig", "ModelInitConfig", "EmbedConfig", "EvaluateConfig", "AnnotateConfig", "SFTConfig", "GRPOConfig",
+           "RegisterConfig", "PromoteConfig",
            "ConfigError",
            "load_config", "config_hash", "state_dir", "field"]

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,11 +80,21 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def git_sha() -> str | None:
+    """``UMEFLOW_GIT_SHA`` (set in images, which have no .git), else the checkout's HEAD."""
+    if os.environ.get("UMEFLOW_GIT_SHA"):
+        return os.environ["UMEFLOW_GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _active_mlflow_run_id() -> str | None:
+    """The run a step is logging into (``umeflow.registry.runs.step_run``), without importing mlflow for it."""
+    mlflow = sys.modules.get("mlflow")
+    run = mlflow.active_run() if mlflow is not None and hasattr(mlflow, "active_run") else None
+    return run.info.run_id if run is not None else None
 
 
 def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] | None = None,
@@ -96,7 +107,7 @@ def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] 
         "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
         "config_hash": config_hash(cfg) if dataclasses.is_dataclass(cfg) else None,
         "inputs": inputs or {},
-        "mlflow_run_id": os.environ.get("MLFLOW_RUN_ID"),
+        "mlflow_run_id": _active_mlflow_run_id() or os.environ.get("MLFLOW_RUN_ID"),
         "image_digest": os.environ.get("UMEFLOW_IMAGE_DIGEST"),
     }
     info.update(extra or {})

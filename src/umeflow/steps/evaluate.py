@@ -6,10 +6,15 @@ means, oracle and selector), ``summary.json`` (everything in the table plus full
 ``metrics.json`` (flat keys for MLflow/DVC) and ``run_info.json``. Embeddings persist in ``cache_dir`` keyed by
 model fingerprint and content, so a killed run resumes and a rerun embeds nothing twice. When an MLflow tracking URI
 is set (``tracking_uri`` or ``MLFLOW_TRACKING_URI``) metrics, report, summary and plot are logged to MLflow.
+
+On a cluster the task set fans out: ``plan_shards`` splits it into balanced task lists, each shard runs ``run`` (one
+GPU pod each, sharing the embedding cache on a volume) and ``merge_shards`` (``umeflow evaluate --merge DIR ...``)
+publishes the same outputs as a single run would, from the shards' summaries.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -56,7 +61,9 @@ def _key(s: str) -> str:
     return s.replace("@", "_at_").replace("→", "to").replace("†", "")
 
 
-def run(cfg: EvaluateConfig) -> dict:
+def run(cfg: EvaluateConfig, log_to_mlflow: bool = True) -> dict:
+    """Score ``cfg.tasks`` and publish the report into ``cfg.out``; ``log_to_mlflow=False`` for a shard whose
+    partial aggregates must not reach the run (``merge_shards`` logs the whole)."""
     from umeflow.model.embedder import Embedder
 
     if cfg.mode not in MODES:
@@ -66,7 +73,8 @@ def run(cfg: EvaluateConfig) -> dict:
     modes = MODES[cfg.mode]
     tasks = select_tasks(cfg.data_root, cfg.tasks)
     expected = expected_tasks(cfg.data_root, cfg.tasks)
-    cache = EmbeddingCache(cfg.cache_dir or None, model_fingerprint(cfg.model))
+    fingerprint = model_fingerprint(cfg.model)
+    cache = EmbeddingCache(cfg.cache_dir or None, fingerprint)
     cache.write_info(cfg.model)
     store = EmbeddingStore(Embedder(cfg.model), cache=cache, batch_size=cfg.batch_size,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -78,7 +86,15 @@ def run(cfg: EvaluateConfig) -> dict:
         log.info("%s: %s", task.name, ", ".join(f"{column_label(c)} {v[task.metric]:.3f}"
                                                  for c, v in r["scores"].items()))
     seconds = time.perf_counter() - t0
+    stats = {"seconds": seconds, "embedding_calls": store.calls, "embedding_requests": store.requests,
+             "cache": cache.describe(), "model_fingerprint": fingerprint}
+    return publish(cfg, tasks, expected, results, stats, log_to_mlflow)
 
+
+def publish(cfg: EvaluateConfig, tasks: list[TaskMeta], expected: list[TaskMeta], results: dict[str, dict],
+            stats: dict, log_to_mlflow: bool = True) -> dict:
+    """Write report, summary, plot, score files, metrics and run_info for ``results`` (one run or merged shards)."""
+    seconds, modes = stats["seconds"], MODES[cfg.mode]
     cols = columns_of(results)
     aggregates = {c: aggregate(expected, results, c) for c in cols}
     gap = selector_gap(aggregates)
@@ -92,17 +108,20 @@ def run(cfg: EvaluateConfig) -> dict:
         rate = sum(r["gen_fallback_rate"] * r["num_queries"] for r in results.values()) / n
         notes.append(f"gen mode: {100 * rate:.1f}% of queries generated no <gen_emb> (fallback state used); "
                      f"max_new_tokens={cfg.max_new_tokens}, greedy")
-    notes.append(f"embedding calls: {store.calls} for {store.requests} requests "
-                 f"({cache.loaded_from_disk} vectors reused from the cache at {cache.root})")
+    notes.append(f"embedding calls: {stats['embedding_calls']} for {stats['embedding_requests']} requests "
+                 f"({stats['cache']['loaded_from_disk']} vectors reused from the cache at {stats['cache']['dir']})")
     report = markdown(tasks, expected, results, "Evaluation", notes)
 
     per_query = {name: r.pop("per_query") for name, r in results.items()}
     summary = {"tasks": {t.name: {"meta": t.__dict__, **results[t.name]} for t in tasks},
                "aggregates": aggregates, "modes": list(modes), "columns": cols, "selector_gap_closed": gap,
                "selector_cross_gap_closed": gap_cross,
-               "seconds": seconds, "embedding_requests": store.requests, "embedding_calls": store.calls,
-               "cache": cache.describe()}
-    metrics = {"seconds": seconds, "embedding_calls": store.calls, "embedding_requests": store.requests}
+               "seconds": seconds, "embedding_requests": stats["embedding_requests"],
+               "embedding_calls": stats["embedding_calls"], "cache": stats["cache"]}
+    if "shards" in stats:
+        summary["shards"] = stats["shards"]
+    metrics = {"seconds": seconds, "embedding_calls": stats["embedding_calls"],
+               "embedding_requests": stats["embedding_requests"]}
     if gap is not None:
         metrics["selector_gap_closed"] = gap
     if gap_cross is not None:
@@ -130,8 +149,9 @@ def run(cfg: EvaluateConfig) -> dict:
                 if "_" in c:  # a query-mode × target-mode pair
                     write_json(tmp / "scores" / f"{name}_{c}_score.json", scores)
         write_json(tmp / "metrics.json", metrics)
-        write_run_info(tmp, cfg, inputs={"model_fingerprint": cache.root.name if cache.root else None})
-    _log_mlflow(cfg, metrics, out)
+        write_run_info(tmp, cfg, inputs={"model_fingerprint": stats["model_fingerprint"]})
+    if log_to_mlflow:
+        _log_mlflow(cfg, metrics, out)
     print(report)
     return summary
 
@@ -142,11 +162,69 @@ def _log_mlflow(cfg: EvaluateConfig, metrics: dict, out: Path) -> None:
         return
     import mlflow
 
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "evaluate"):
+    from umeflow.registry.runs import step_run
+
+    with step_run("evaluate", cfg, tracking_uri=uri):  # child of the pipeline run; an injected MLFLOW_RUN_ID wins
         mlflow.log_params({"eval.tasks": cfg.tasks, "eval.mode": cfg.mode, "eval.max_new_tokens": cfg.max_new_tokens,
                            "eval.max_queries_per_task": cfg.max_queries_per_task, "eval.pass_k": cfg.pass_k})
         mlflow.log_metrics({f"eval.{k}": float(v) for k, v in metrics.items()})
         for name in ("report.md", "summary.json", "categories.png"):
             mlflow.log_artifact(str(out / name), artifact_path="evaluation")
     log.info("logged evaluation to MLflow at %s", uri)
+
+
+# ------------------------------------------------------------------------------------ sharding (KFP fan-out)
+
+def plan_shards(data_root: str, spec: str, num_shards: int) -> list[str]:
+    """Split ``spec``'s tasks into at most ``num_shards`` comma-separated task lists of similar cost (queries per
+    task, largest first onto the lightest shard). Each list is a valid ``--tasks`` value; no shard is empty."""
+    if num_shards < 1:
+        raise UserError(f"num_shards must be >= 1, got {num_shards}")
+    tasks = select_tasks(data_root, spec)
+    order = {t.name: i for i, t in enumerate(tasks)}
+    loads = [[0, []] for _ in range(min(num_shards, len(tasks)))]
+    for t in sorted(tasks, key=lambda t: (-max(t.num_queries, 1), order[t.name])):
+        lightest = min(loads, key=lambda s: s[0])
+        lightest[0] += max(t.num_queries, 1)
+        lightest[1].append(t.name)
+    return [",".join(sorted(names, key=order.__getitem__)) for _, names in loads]
+
+
+def merge_shards(cfg: EvaluateConfig, shard_dirs: list[str | os.PathLike]) -> dict:
+    """Merge the outputs of ``run`` over shards of ``cfg.tasks`` into one report in ``cfg.out``, exactly as if one
+    run had scored every task (same tables, aggregates, plot, score files, metrics; logged to MLflow once)."""
+    tasks = select_tasks(cfg.data_root, cfg.tasks)
+    known = {t.name for t in tasks}
+    results: dict[str, dict] = {}
+    stats = {"seconds": 0.0, "embedding_calls": 0, "embedding_requests": 0, "model_fingerprint": None,
+             "cache": {"dir": None, "loaded_from_disk": 0, "settings": {}}, "shards": []}
+    for d in map(Path, shard_dirs):
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+            per_query = json.loads((d / "per_query.json").read_text())
+            fingerprint = json.loads((d / "run_info.json").read_text())["inputs"]["model_fingerprint"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{d} is not an evaluate output (summary.json, per_query.json, run_info.json): "
+                            f"{e}") from None
+        if stats["model_fingerprint"] not in (None, fingerprint):
+            raise UserError(f"{d} scored a different model ({fingerprint}) than the other shards "
+                            f"({stats['model_fingerprint']})")
+        stats["model_fingerprint"] = fingerprint
+        for name, entry in summary["tasks"].items():
+            if name not in known:
+                raise UserError(f"{d}: task {name} is not part of --tasks {cfg.tasks}")
+            if name in results:
+                raise UserError(f"{d}: task {name} was scored by more than one shard")
+            results[name] = {**{k: v for k, v in entry.items() if k != "meta"}, "per_query": per_query[name]}
+        for key in ("seconds", "embedding_calls", "embedding_requests"):
+            stats[key] += summary[key]
+        stats["cache"]["dir"] = stats["cache"]["dir"] or summary["cache"]["dir"]
+        stats["cache"]["loaded_from_disk"] += summary["cache"]["loaded_from_disk"]
+        for setting, n in summary["cache"]["settings"].items():
+            stats["cache"]["settings"][setting] = stats["cache"]["settings"].get(setting, 0) + n
+        stats["shards"].append({"dir": str(d), "tasks": sorted(summary["tasks"]), "seconds": summary["seconds"]})
+    missing = sorted(known - set(results))
+    if missing:
+        log.warning("merge_shards: no shard scored %s; the report marks the task set incomplete", ", ".join(missing))
+    ran = [t for t in tasks if t.name in results]
+    return publish(cfg, ran, expected_tasks(cfg.data_root, cfg.tasks), results, stats)

@@ -16,7 +16,7 @@ import torch
 
 from umeflow.config import GRPOConfig
 from umeflow.errors import UserError
-from umeflow.io import atomic_path, write_json, write_run_info
+from umeflow.io import write_json, write_run_info
 from umeflow.tracking import use_tracking
 
 log = logging.getLogger(__name__)
@@ -111,10 +111,19 @@ def _trend(history: list[dict], key: str) -> dict:
 
 
 def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
+    """Train; with MLflow tracking on, the step is one run (a child of the pipeline run, with lineage tags) that
+    TRL's MLflowCallback logs each reward part into."""
+    from umeflow.registry.runs import step_run
+
+    with step_run("grpo", cfg, tracking_uri=cfg.tracking_uri):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: GRPOConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
     from umeflow.train.grpo import RolloutStates, UmeGRPOTrainer, ZeroStdGuard
-    from umeflow.train.grpo_data import load_rl_pairs, prompt_dataset, select_pairs
-    from umeflow.train.sft import TimeBudget, last_checkpoint
+    from umeflow.train.grpo_data import load_rl_pairs, prompt_dataset, select_pairs, single_dataset_blocks
+    from umeflow.train.sft import TimeBudget, last_checkpoint, publish_final_model
 
     if cfg.recipe not in ("ume_r1", "embed_rl"):
         raise UserError(f"grpo.recipe must be 'ume_r1' or 'embed_rl', got {cfg.recipe!r}")
@@ -123,10 +132,16 @@ def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
     datasets = [d.strip() for d in cfg.datasets.split(",") if d.strip()]
     pairs = select_pairs(pairs, cfg.max_pairs, cfg.seed, datasets)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if len(pairs) < cfg.pairs_per_step:
-        raise UserError(f"{len(pairs)} RL pairs are fewer than grpo.pairs_per_step={cfg.pairs_per_step}")
+    selected = len(pairs)
+    if cfg.single_dataset_steps:
+        pairs = single_dataset_blocks(pairs, cfg.pairs_per_step, cfg.seed)
     # whole generation batches only, so no batch ever holds one side of a pair
     pairs = pairs[: len(pairs) - len(pairs) % cfg.pairs_per_step]
+    if not pairs:
+        raise UserError(f"no full step of {cfg.pairs_per_step} pairs could be formed from {selected} pairs "
+                        f"(single_dataset_steps needs that many distinct targets in one dataset)")
+    log.info("%d of %d selected pairs used (whole steps%s)", len(pairs), selected,
+             ", one dataset per step" if cfg.single_dataset_steps else "")
     dataset = prompt_dataset(pairs, None if cfg.recipe == "ume_r1" else tcot_prompt)
 
     backbone = load_backbone(cfg.model)
@@ -163,15 +178,11 @@ def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
         raise UserError(f"grpo {guard.message} Checkpoints are under {out / 'checkpoints'}; no final model was "
                         f"published.")
 
-    with atomic_path(out / "model") as tmp:
-        trainer.save_model(str(tmp))
-        processor.save_pretrained(tmp)
-        if not list(tmp.glob("*.safetensors")):
-            raise AssertionError("the final checkpoint has no safetensors weights")
+    publish_final_model(trainer, processor, out / "model")
     reward_keys = (["rewards/format/mean", "rewards/embedding/mean", "embedding/rank_mean", "embedding/gap_mean"]
                    if cfg.recipe == "ume_r1" else
                    ["rewards/tcot_format/mean", "rewards/outcome/mean", "rewards/process/mean"])
-    metrics = {"global_step": int(trainer.state.global_step), "train_seconds": seconds, "pairs": len(pairs),
+    metrics = {"global_step": int(trainer.state.global_step), "train_seconds": seconds, "pairs": len(pairs), "pairs_selected": selected,
                "recipe": cfg.recipe, "rollouts_per_step": 2 * cfg.pairs_per_step * cfg.num_generations,
                "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
                "bad_records_skipped": data_info["bad_records_skipped"]}

@@ -15,7 +15,7 @@ import torch
 
 from umeflow.config import SFTConfig
 from umeflow.errors import UserError
-from umeflow.io import atomic_path, sha256_file, write_json, write_run_info
+from umeflow.io import sha256_file, write_json, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,20 @@ def _lora(model, cfg: SFTConfig):
 
 
 def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
-    """Train; ``callbacks`` are extra ``transformers.TrainerCallback``s (e.g. a pipeline's own reporting)."""
+    """Train; ``callbacks`` are extra ``transformers.TrainerCallback``s (e.g. a pipeline's own reporting).
+
+    With MLflow tracking on, the whole step is one run (a child of the pipeline run, lineage tags) that the
+    Trainer's MLflowCallback logs its losses into."""
+    from umeflow.registry.runs import step_run
+
+    with step_run("sft", cfg, tracking_uri=cfg.tracking_uri):
+        return _train(cfg, callbacks)
+
+
+def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
     from umeflow.train.sft import (TimeBudget, UmeSFTTrainer, apply_freezing, last_checkpoint, media_root_of,
-                                   training_arguments, unwrap)
+                                   publish_final_model, training_arguments, unwrap)
     from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs
 
     torch.manual_seed(cfg.seed)
@@ -68,16 +78,11 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
 
-    with atomic_path(out / "model") as tmp:
-        final = trainer.model
-        if cfg.lora_r:
-            final = unwrap(final) if not hasattr(final, "merge_and_unload") else final.merge_and_unload()
-            final.save_pretrained(tmp)
-        else:
-            trainer.save_model(str(tmp))  # gathers ZeRO-3 shards when DeepSpeed is on
-        backbone.processor.save_pretrained(tmp)
-        if not list(tmp.glob("*.safetensors")):
-            raise AssertionError("the final checkpoint has no safetensors weights")
+    merged = None
+    if cfg.lora_r:
+        merged = trainer.model
+        merged = unwrap(merged) if not hasattr(merged, "merge_and_unload") else merged.merge_and_unload()
+    publish_final_model(trainer, backbone.processor, out / "model", model=merged)
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
     metrics = {"train_loss": float(result.training_loss), "global_step": int(trainer.state.global_step),

@@ -83,6 +83,38 @@ def select_pairs(pairs: list[RLPair], n: int, seed: int, datasets: list[str] | N
     return chosen[:n] if n else chosen
 
 
+def single_dataset_blocks(pairs: list[RLPair], block: int, seed: int) -> list[RLPair]:
+    """Reorder ``pairs`` into consecutive blocks of ``block`` pairs, each from one dataset with distinct targets.
+
+    One block is one generation batch, so a rollout's negatives are other pairs of the *same* dataset — Embed-RL's
+    grouped sampler ("restricted each step to samples from the same dataset"): with mixed datasets most negatives
+    are trivially easy and the reward barely depends on what the policy writes. Distinct target texts/images within
+    a block keep a class's second example from being scored as a negative of the first. Pairs that cannot fill a
+    block are dropped (counted by the caller); block order is shuffled with ``seed``.
+    """
+    rng = random.Random(seed)
+    by_dataset: dict[str, list[RLPair]] = {}
+    for p in pairs:
+        by_dataset.setdefault(p.dataset, []).append(p)
+    blocks: list[list[RLPair]] = []
+    for name in sorted(by_dataset):
+        pending = list(by_dataset[name])
+        rng.shuffle(pending)
+        open_blocks: list[list[RLPair]] = []
+        for p in pending:
+            key = (p.target.text, str(p.target.image))
+            home = next((b for b in open_blocks if all((q.target.text, str(q.target.image)) != key for q in b)), None)
+            if home is None:
+                home = []
+                open_blocks.append(home)
+            home.append(p)
+            if len(home) == block:
+                blocks.append(home)
+                open_blocks.remove(home)
+    rng.shuffle(blocks)
+    return [p for b in blocks for p in b]
+
+
 def _open(side: RLSide) -> Image.Image:
     if side.image is None:
         return blank_image()

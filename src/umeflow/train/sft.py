@@ -241,6 +241,24 @@ def last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def publish_final_model(trainer, processor, dest: Path, model=None) -> None:
+    """The final checkpoint the Embedder and the registry load: safetensors weights, config, processor, written to
+    a temp folder and renamed. ``model`` (e.g. merged LoRA weights) is saved instead of the trainer's when given.
+    The Trainer's pickled ``training_args.bin`` is left out: the resolved config is in ``run_info.json``, and a
+    published checkpoint carries no pickle."""
+    from umeflow.io import atomic_path
+
+    with atomic_path(dest) as tmp:
+        if model is not None:
+            model.save_pretrained(tmp)
+        else:
+            trainer.save_model(str(tmp))  # gathers ZeRO-3 shards when DeepSpeed is on
+        (tmp / "training_args.bin").unlink(missing_ok=True)
+        processor.save_pretrained(tmp)
+        if not list(tmp.glob("*.safetensors")):
+            raise AssertionError("the final checkpoint has no safetensors weights")
+
+
 def training_arguments(cfg: SFTConfig, output_dir: Path) -> TrainingArguments:
     report = ["mlflow"] if use_tracking(cfg.tracking_uri) else []
     kwargs = dict(

@@ -1,0 +1,1 @@
+"""Thin KFP components, one module per step; see README.md. Logic lives in ``umeflow.pipeline.tasks`` / steps."""

@@ -1,0 +1,1 @@
+"""Vendored JSON Schemas (see each file's $comment for provenance)."""
