@@ -49,6 +49,9 @@ run-steps: venv
 	$(BIN)/umeflow sft --config $(RECIPE) --model $(STATE)/models/tiny --data $(STATE)/annotate --out $(STATE)/sft
 	$(BIN)/umeflow evaluate --config $(RECIPE) --model $(STATE)/sft/model --data-root $(STATE)/data/eval \
 		--tasks offline --mode both --out $(STATE)/eval/sft
+	$(BIN)/umeflow grpo --config $(RECIPE) --model $(STATE)/sft/model --data $(STATE)/data/train --out $(STATE)/grpo
+	$(BIN)/umeflow evaluate --config $(RECIPE) --model $(STATE)/grpo/model --data-root $(STATE)/data/eval \
+		--tasks offline --mode both --out $(STATE)/eval/grpo
 
 # The untrained model's scores (chance level), for before/after comparisons.
 eval-init: venv
@@ -63,10 +66,11 @@ test-all: venv
 	$(BIN)/python -m pytest -m "not gpu and not cluster" $(PYTEST_ARGS)
 
 bench: venv
-	test -d $(STATE)/models/tiny || $(MAKE) run-steps
+	test -d $(STATE)/sft/model || $(MAKE) run-steps
 	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/eval_cache.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/sft_throughput.py --model $(STATE)/models/tiny --data $(STATE)/annotate
+	$(BIN)/python benchmarks/grpo_step.py --model $(STATE)/sft/model --data $(STATE)/data/train
 
 # Regenerate the lock from the direct pins in pyproject.toml (needs PyPI); never resolves torchvision.
 lock: venv
