@@ -20,8 +20,9 @@ from umeflow.model.tiny import init_tiny
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 20)}
 
 
-def write_sft_fixture(root: Path, n: int = 24) -> Path:
-    """A small annotate-style output: UME-R1 SFT records over coloured squares and their colour names."""
+def write_sft_fixture(root: Path, n: int = 24, datasets: tuple[str, ...] = ("Colours",)) -> Path:
+    """A small annotate-style output: UME-R1 SFT records over coloured squares and their colour names (record i
+    belongs to ``datasets[i % len(datasets)]``)."""
     images = root / "train" / "images" / "Colours"
     images.mkdir(parents=True)
     lines = []
@@ -32,7 +33,7 @@ def write_sft_fixture(root: Path, n: int = 24) -> Path:
         Image.new("RGB", (56, 56), rgb).save(images / f"{i}.png")
         human_q = f"<image>\nRepresent the given image for classification\n<disc_emb>\n{GENERATION_PROMPT}"
         human_t = f"{name}\n<disc_emb>\n{GENERATION_PROMPT}"
-        lines.append({"dataset_name": "Colours",
+        lines.append({"dataset_name": datasets[i % len(datasets)],
                       "qry": {"conversations": [{"from": "human", "value": human_q},
                                                 {"from": "gpt", "value": f"<think>The square is {name}.</think>"
                                                                          f"<answer>{name}<gen_emb>"}],
@@ -104,6 +105,63 @@ def test_killed_run_resumes_to_the_same_weights(compact_model, tmp_path):
     assert not (tmp_path / "killed" / "model").exists()  # nothing that looks finished
     metrics = run(_cfg(compact_model, data, tmp_path / "killed"))
     assert metrics["resumed_from_step"] == 3 and metrics["global_step"] == 6
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_single_dataset_sampler_blocks_are_one_dataset_and_cover_every_pair():
+    from umeflow.train.sft_data import SingleDatasetSampler
+
+    names = ["a"] * 10 + ["b"] * 7 + ["c"] * 3
+    sampler = SingleDatasetSampler(names, block=4, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(20))  # a permutation: nothing dropped, nothing repeated
+    blocks = [order[s:s + 4] for s in range(0, 20, 4)]
+    assert all(len({names[i] for i in b}) == 1 for b in blocks[:3])  # 2 full blocks of a, 1 of b
+    assert {names[i] for i in order[12:]} == {"a", "b", "c"}  # the remainders, pooled last
+    assert list(SingleDatasetSampler(names, block=4, seed=0)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order and sorted(sampler) == list(range(20))
+
+
+def test_dataset_repeats_upweight_by_name_and_refuse_unknown_names(tmp_path):
+    from umeflow.errors import UserError
+    from umeflow.train.sft_data import load_sft_pairs, repeat_datasets
+
+    data = write_sft_fixture(tmp_path, n=6, datasets=("Colours", "Shades"))
+    pairs, _ = load_sft_pairs(data / "sft.jsonl", tmp_path / "train")
+    out = repeat_datasets(pairs, {"Shades": 3})
+    assert [p.dataset for p in out].count("Shades") == 9 and [p.dataset for p in out].count("Colours") == 3
+    with pytest.raises(UserError, match=r"\['Tux'\], not in the training data"):
+        repeat_datasets(pairs, {"Tux": 2})
+    with pytest.raises(UserError, match="dataset_repeats.Shades=0"):
+        repeat_datasets(pairs, {"Shades": 0})
+
+
+def test_single_dataset_batches_reach_the_trainer_and_resume_in_the_same_order(compact_model, tmp_path, monkeypatch):
+    from transformers import TrainerCallback
+
+    from umeflow.steps.sft import run
+    from umeflow.train import sft_data
+
+    seen: list[set[str]] = []
+    collate = sft_data.SFTCollator.__call__
+    monkeypatch.setattr(sft_data.SFTCollator, "__call__",
+                        lambda self, pairs: seen.append({p.dataset for p in pairs}) or collate(self, pairs))
+    data = write_sft_fixture(tmp_path, n=24, datasets=("Colours", "Shades"))  # 12 + 12: 3 blocks of 4 each
+    cfg = dict(single_dataset_batches=True, per_device_batch_size=4, max_steps=8)  # 6 steps an epoch: crosses one
+    run(_cfg(compact_model, data, tmp_path / "straight", **cfg))
+    assert all(len(s) == 1 for s in seen) and set().union(*seen) == {"Colours", "Shades"}
+
+    class Die(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:  # after checkpoint-6 (end of epoch 0), inside epoch 1
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(compact_model, data, tmp_path / "killed", **cfg), callbacks=[Die()])
+    assert run(_cfg(compact_model, data, tmp_path / "killed", **cfg))["resumed_from_step"] == 6
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)

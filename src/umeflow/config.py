@@ -182,6 +182,9 @@ class SFTConfig:
     logit_scale: float = 50.0
     mask_duplicate_negatives: bool = True  # umeflow addition: identical targets in a batch are not negatives
     grad_cache_chunk_size: int = 0  # >0: GradCache with sub-batches of this size (negatives not bounded by memory)
+    single_dataset_batches: bool = False  # each (gathered) batch from one dataset: harder in-batch negatives
+    # {dataset_name: k}: each of that dataset's pairs appears k times an epoch (upweights a small dataset)
+    dataset_repeats: dict[str, int] = dataclasses.field(default_factory=dict)
     # what is trained
     freeze_vision: bool = False  # UME-R1: ViT frozen (tune_mm_vision=False)
     freeze_merger: bool = False  # UME-R1: merger trained

@@ -45,7 +45,7 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
     from umeflow.train.sft import (TimeBudget, UmeSFTTrainer, apply_freezing, last_checkpoint, media_root_of,
                                    publish_final_model, training_arguments, unwrap)
-    from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs
+    from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs, repeat_datasets
 
     torch.manual_seed(cfg.seed)
     data_dir = Path(cfg.data)
@@ -53,6 +53,10 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     if not sft_file.is_file():
         raise UserError(f"{sft_file} does not exist; run `umeflow annotate` first or point --data at its output")
     pairs, counter = load_sft_pairs(sft_file, media_root_of(data_dir), cfg.on_bad_record)
+    if cfg.dataset_repeats:
+        before = len(pairs)
+        pairs = repeat_datasets(pairs, cfg.dataset_repeats)
+        log.info("dataset_repeats %s: %d pairs an epoch (from %d)", cfg.dataset_repeats, len(pairs), before)
     if len(pairs) < cfg.per_device_batch_size:
         raise UserError(f"{sft_file} has {len(pairs)} usable pairs, fewer than one batch "
                         f"({cfg.per_device_batch_size})")

@@ -99,6 +99,16 @@ class UmeSFTTrainer(Trainer):
         self._samples = 0
         self._last_log = time.perf_counter()
 
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.sft_cfg.single_dataset_batches:
+            return super()._get_train_sampler(train_dataset)
+        from umeflow.train.sft_data import SingleDatasetSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        # one block = one gathered batch: every process's share of a step comes from the same dataset
+        block = self.args.per_device_train_batch_size * self.args.world_size
+        return SingleDatasetSampler([p.dataset for p in dataset.pairs], block, self.args.data_seed)
+
     # ---- one micro-batch: model outputs and loss
     def _model_fn(self, model):
         return lambda inputs: pair_forward(model, inputs, self.gen_id, self.disc_id)

@@ -10,13 +10,14 @@ appended, as UME-R1's label mask does (method.md §4.6).
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from umeflow.data.schemas import load_records
-from umeflow.errors import RecordError
+from umeflow.errors import RecordError, UserError
 from umeflow.model.chat import DISC_EMB, GENERATION_PROMPT
 from umeflow.model.inputs import build_batch
 from umeflow.model.items import Item, strip_placeholders
@@ -86,6 +87,62 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> SFTPair:
         return self.pairs[i]
+
+
+def repeat_datasets(pairs: list[SFTPair], repeats: dict[str, int]) -> list[SFTPair]:
+    """Each pair of dataset ``name`` ``repeats[name]`` times (others once): a small dataset gets more steps without
+    rebuilding the data. Unknown names and non-positive counts are errors, not silent no-ops."""
+    present = sorted({p.dataset for p in pairs})
+    unknown = sorted(set(repeats) - set(present))
+    if unknown:
+        raise UserError(f"dataset_repeats names {unknown}, not in the training data (datasets: {present})")
+    for name, k in repeats.items():
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UserError(f"dataset_repeats.{name}={k!r}: must be a whole number >= 1")
+    return [p for p in pairs for _ in range(repeats.get(p.dataset, 1))]
+
+
+class SingleDatasetSampler(torch.utils.data.Sampler[int]):
+    """An epoch's index order in which every run of ``block`` consecutive indices comes from one dataset.
+
+    With ``block`` = per-device batch × processes, each optimisation micro-step (gathered across processes) sees
+    in-batch negatives from the same dataset, as VLM2Vec-V2's sub-batching and Embed-RL's grouped sampler do: in a
+    mixed batch most negatives differ in modality and instruction and teach nothing about, say, which caption fits
+    which TuxPaint stamp. Each epoch is a permutation of all indices — nothing is dropped: the remainders that cannot
+    fill a block of their own are pooled into mixed blocks at the end of the shuffle. The order depends only on
+    ``seed`` and the epoch (``set_epoch``, called by accelerate), so a resumed run skips into the same order.
+    """
+
+    def __init__(self, datasets: list[str], block: int, seed: int):
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.datasets, self.block, self.seed, self.epoch = list(datasets), block, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    def blocks(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        by_dataset: dict[str, list[int]] = {}
+        for i, name in enumerate(self.datasets):
+            by_dataset.setdefault(name, []).append(i)
+        full, leftover = [], []
+        for name in sorted(by_dataset):
+            idx = by_dataset[name]
+            rng.shuffle(idx)
+            cut = len(idx) - len(idx) % self.block
+            full += [idx[s:s + self.block] for s in range(0, cut, self.block)]
+            leftover += idx[cut:]
+        rng.shuffle(full)
+        rng.shuffle(leftover)
+        return full + [leftover[s:s + self.block] for s in range(0, len(leftover), self.block)]
+
+    def __iter__(self):
+        for b in self.blocks():
+            yield from b
 
 
 class SFTCollator:
