@@ -37,8 +37,9 @@ MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif"
         ".webp": "image/webp", ".bmp": "image/bmp"}
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date), or None when absent or unreadable."""
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date, counted from ``now``, default the clock),
+    or None when absent or unreadable."""
     if not value:
         return None
     try:
@@ -46,7 +47,7 @@ def retry_after_seconds(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now))
     except (TypeError, ValueError):
         return None
 

@@ -116,22 +116,23 @@ class SingleDatasetSampler(torch.utils.data.Sampler[int]):
     def __init__(self, datasets: list[str], block: int, seed: int):
         if block < 1:
             raise ValueError(f"block must be >= 1, got {block}")
-        self.datasets, self.block, self.seed, self.epoch = list(datasets), block, seed, 0
+        self.block, self.seed, self.epoch, self.size = block, seed, 0, len(datasets)
+        self.groups: dict[str, list[int]] = {}  # dataset → its indices, in name order (fixed; shuffled per epoch)
+        for i, name in enumerate(datasets):
+            self.groups.setdefault(name, []).append(i)
+        self.groups = dict(sorted(self.groups.items()))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.datasets)
+        return self.size
 
     def blocks(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")
-        by_dataset: dict[str, list[int]] = {}
-        for i, name in enumerate(self.datasets):
-            by_dataset.setdefault(name, []).append(i)
         full, leftover = [], []
-        for name in sorted(by_dataset):
-            idx = by_dataset[name]
+        for indices in self.groups.values():
+            idx = list(indices)
             rng.shuffle(idx)
             cut = len(idx) - len(idx) % self.block
             full += [idx[s:s + self.block] for s in range(0, cut, self.block)]
