@@ -37,10 +37,15 @@ def _image(path: Path, color=(200, 30, 30)) -> None:
     path.write_bytes(_png(color))
 
 
-def _frames(folder: Path, count: int = FRAMES_PER_VIDEO) -> None:
+def write_frames(folder: Path, names: list[str]) -> None:
+    """Tiny frame files with the given names (each a different shade, so frames are told apart by content too)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(folder / f"{i:04d}.jpg")
+    for i, name in enumerate(names):
+        Image.new("RGB", (8, 8), (10 * i % 256, 0, 0)).save(folder / name)
+
+
+def _frames(folder: Path, count: int = FRAMES_PER_VIDEO) -> None:
+    write_frames(folder, [f"{i:04d}.jpg" for i in range(count)])
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -92,10 +97,11 @@ def _video_tasks(root: Path) -> None:
     base, frames = root / "video-tasks", root / "video-tasks" / "frames"
     for vid in ("k1", "k2", "k3"):
         _frames(frames / "video_cls" / "K700" / vid)
-    write_jsonl(base / "K700.jsonl", [{"video_id": "k1", "pos_text": "juggling"},
-                                      {"video_id": "k2", "pos_text": "surfing"},
-                                      {"video_id": "k3", "pos_text": "juggling"}])
-    _frames(frames / "video_cls" / "SSv2" / "74225", count=5)  # shorter than 8: last frame repeats
+    # labels spelled as in the K700 class list, so the pool is exactly that list (700)
+    write_jsonl(base / "K700.jsonl", [{"video_id": "k1", "pos_text": "juggling_balls"},
+                                      {"video_id": "k2", "pos_text": "surfing_water"},
+                                      {"video_id": "k3", "pos_text": "juggling_balls"}])
+    _frames(frames / "video_cls" / "SSv2" / "74225", count=5)  # shorter than 8: all 5 are used, unpadded
     write_jsonl(base / "SmthSmthV2.jsonl", [{"video_id": 74225, "pos_text": "pushing something",
                                              "neg_text": ["pulling something", "pushing something", "lifting"]}])
     for vid in ("video7020", "video7021"):
@@ -117,8 +123,8 @@ def _video_tasks(root: Path) -> None:
     write_jsonl(base / "QVHighlight.jsonl", [
         {"query": "A man talks to the camera.", "video_path": "videos/RoripwjYFp8_60.0_210.0.mp4"}])
     seeker = frames / "video_mret" / "MomentSeeker"
-    for clip in ("clips_pos_1", "clips_neg_1", "clips_neg_2", "src_movie_3"):
-        _frames(seeker / "video_frames" / clip, count=3)
+    for clip in ("clips_pos_1", "clips_neg_1", "clips_neg_2", "src_movie_3"):  # clips_pos_1: all 10 are fed, not 8
+        _frames(seeker / "video_frames" / clip, count=FRAMES_PER_VIDEO if clip == "clips_pos_1" else 3)
     _image(seeker / "query_img_7.jpg")
     write_jsonl(base / "MomentSeeker.jsonl", [
         {"query": "the dog jumps", "input_frames": "",

@@ -28,15 +28,17 @@ def _items():
 
 
 class _BiasedHead(torch.nn.Module):
-    """Adds ``bias`` to one vocabulary logit, so a random model emits that token at varied steps when sampling."""
+    """Adds ``biases[token]`` to vocabulary logits, so a random model emits those tokens at varied steps when
+    sampling."""
 
-    def __init__(self, head, token_id, bias):
+    def __init__(self, head, biases: dict[int, float]):
         super().__init__()
-        self.head, self.token_id, self.bias = head, token_id, bias
+        self.head, self.biases = head, biases
 
     def forward(self, x):
         out = self.head(x)
-        out[..., self.token_id] += self.bias
+        for token_id, bias in self.biases.items():
+            out[..., token_id] += bias
         return out
 
 
@@ -45,8 +47,12 @@ def embedder(tiny_model_dir):
     return Embedder(tiny_model_dir)
 
 
+def _bias(e: Embedder, biases: dict[int, float]):
+    e.model.lm_head = _BiasedHead(e.model.lm_head, biases)
+
+
 def _bias_gen_emb(e: Embedder, bias: float):
-    e.model.lm_head = _BiasedHead(e.model.lm_head, e.backbone.gen_emb_id, bias)
+    _bias(e, {e.backbone.gen_emb_id: bias})
 
 
 def _reference_state(e: Embedder, item: Item, completion_ids: list[int], position_from_end: int) -> np.ndarray:
@@ -80,21 +86,31 @@ def test_disc_equals_plain_forward_state_at_disc_token(embedder):
 
 
 def test_gen_equals_teacher_forced_state_at_last_gen_emb(embedder):
-    # log(vocab/6): <gen_emb> gets roughly 1 in 7 per step, so rows stop at different lengths
-    _bias_gen_emb(embedder, math.log(152_000 / 6))
+    # <gen_emb> about 1 in 7 per step and <|im_end|> about 1 in 9: rows emit zero, one or several <gen_emb> and stop
+    # at their own EOS at different lengths (or run to the budget), so a batch mixes every case
+    im_end = embedder.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    _bias(embedder, {embedder.backbone.gen_emb_id: math.log(152_000 / 6), im_end: math.log(152_000 / 8)})
     items = _items() * 2
     enc = embedder.encode(items, mode="gen", batch_size=5, max_new_tokens=24, do_sample=True, seed=3)
     gen_id = embedder.backbone.gen_emb_id
     ok = [i for i in range(len(items)) if not enc.fallback[i]]
-    lengths = {len(enc.generated_ids[i]) for i in ok}
-    assert len(ok) >= 4 and len(lengths) >= 3, (enc.fallback, lengths)  # the test needs mixed lengths
+    lengths = {len(enc.generated_ids[i]) for i in range(len(items))}
+    ended_by_eos = [i for i in range(len(items)) if enc.generated_ids[i][-1] == im_end]
+    assert len(ok) >= 4 and len(lengths) >= 3 and ended_by_eos, (enc.fallback, lengths)  # the test needs the mix
+    assert any(enc.generated_ids[i].count(gen_id) >= 2 for i in ok)  # ... including a row with two <gen_emb>
+    for i in range(len(items)):
+        ids = enc.generated_ids[i]
+        assert im_end not in ids[:-1]  # the row's own span: through its first EOS, no padding after it
+        assert enc.texts[i] == embedder.tokenizer.decode([t for t in ids if t != im_end], skip_special_tokens=True)
     for i in ok:
         ids = enc.generated_ids[i]
-        assert ids[-1] == gen_id and "<gen_emb>" in enc.texts[i]
-        ref = _reference_state(embedder, items[i], ids, position_from_end=1)
+        j = len(ids) - 1 - ids[::-1].index(gen_id)  # the last <gen_emb>
+        assert j < len(ids) - 1  # it was fed (the row generated at least one more token)
+        ref = _reference_state(embedder, items[i], ids[:j + 1], position_from_end=1)
         assert float(ref @ enc.embeddings[i]) >= 0.999, f"item {i}"
     for i in np.flatnonzero(enc.fallback):  # fallback = last fed token: the one before the final generated token
         ids = enc.generated_ids[i]
+        assert gen_id not in ids[:-1]
         ref = _reference_state(embedder, items[i], ids, position_from_end=2)
         assert float(ref @ enc.embeddings[i]) >= 0.999, f"fallback item {i}"
 

@@ -20,7 +20,7 @@ def oracle(monkeypatch):
     """The colour oracle stands in for the model, so scores are exact and the test takes a second."""
     import umeflow.model.embedder as embedder
 
-    monkeypatch.setattr(embedder, "Embedder", lambda model: ColourOracleEmbedder(blind={"gen": ["red"]}))
+    monkeypatch.setattr(embedder, "Embedder", lambda model, **kw: ColourOracleEmbedder(blind={"gen": ["red"]}))
 
 
 def _cfg(root, out, tasks="offline", cache=""):

@@ -27,7 +27,7 @@ def test_register_and_promote_components_make_a_champion(tmp_path, tiny_model_di
     # the evaluation (scored by the colour oracle, fingerprinted as the tiny checkpoint) as the merge task leaves it
     root = _write_fixture(tmp_path / "data")
     with monkeypatch.context() as m:
-        m.setattr(embedder, "Embedder", lambda model: ColourOracleEmbedder())
+        m.setattr(embedder, "Embedder", lambda model, **kw: ColourOracleEmbedder())
         for name, spec in (("s0", "Colors"), ("s1", "Clips")):
             evaluate.run(EvaluateConfig(model=str(tiny_model_dir), data_root=str(root), tasks=spec, mode="disc",
                                         out=str(tmp_path / name), cache_dir=""), log_to_mlflow=False)

@@ -105,7 +105,7 @@ def test_image_loaders_name_candidates_per_parser(root):
     assert cls.queries[0].images == (root / "image-tasks/images/q1.png",)
 
     qa = _load(root, "OK-VQA")
-    assert qa.queries[0].text == "Represent the given image with the following question:\nWhat animal is this?"
+    assert qa.queries[0].text == "Represent the given image with the following question: What animal is this?"
     assert qa.labels == [["cat"]] and qa.query_candidates == [["cat", "dog"]]  # repeated option ranked once
 
     i2t = _load(root, "MSCOCO_i2t")
@@ -114,6 +114,8 @@ def test_image_loaders_name_candidates_per_parser(root):
     t2i = _load(root, "VisDial")
     assert t2i.labels == [["images/cat.png"]] and list(t2i.candidates) == ["images/cat.png", "images/dog.png"]
     assert t2i.queries[0].images == () and t2i.candidates["images/dog.png"].text == "Represent the given image."
+    assert t2i.queries[0].text == ("Represent the given dialogue about an image, which is used for image retrieval: "
+                                   "Q: is it a pet? A: yes")
 
     vg = _load(root, "RefCOCO-Matching")
     assert vg.query_candidates == [["images/ref.png:left cat", "images/ref.png:right dog"]]
@@ -122,23 +124,28 @@ def test_image_loaders_name_candidates_per_parser(root):
 
 # ------------------------------------------------------------------------------------------------ video
 
-def test_video_classification_is_global_over_the_labels(root):
+def test_video_classification_is_global_over_the_full_class_list(root):
     data = _load(root, "K700")
-    assert data.labels == [["juggling"], ["surfing"], ["juggling"]]
-    assert list(data.candidates) == ["juggling", "surfing"] and data.query_candidates is None
+    assert data.labels == [["juggling_balls"], ["surfing_water"], ["juggling_balls"]]
+    assert list(data.candidates)[:2] == ["juggling_balls", "surfing_water"] and data.query_candidates is None
+    assert len(data.candidates) == 700 and data.candidates["waiting_in_line"].text == "waiting_in_line"
     assert data.queries[0].text == "Recognize the category of the video content."
     frames = data.queries[1].video
     assert [p.name for p in frames] == [f"{i:04d}.jpg" for i in (0, 1, 2, 3, 5, 6, 7, 9)]  # linspace over 10
     assert frames[0].parent == root / "video-tasks/frames/video_cls/K700/k2"
 
 
-def test_ssv2_is_local_multiple_choice_and_repeats_short_videos(root):
+def test_ssv2_is_local_multiple_choice_and_keeps_short_videos_unpadded(root):
     data = _load(root, "SmthSmthV2")
     assert data.labels == [["pushing something"]]
     assert data.query_candidates == [["pulling something", "pushing something", "lifting"]]
-    assert [p.name for p in data.queries[0].video] == ["0000.jpg", "0001.jpg", "0002.jpg", "0003.jpg"] + \
-        ["0004.jpg"] * 4
+    assert [p.name for p in data.queries[0].video] == [f"{i:04d}.jpg" for i in range(5)]
     assert data.queries[0].video[0].parent.name == "74225"  # integer id in the row
+
+
+def test_a_query_count_unlike_the_published_one_is_logged(root, caplog):
+    _load(root, "SmthSmthV2")
+    assert "SmthSmthV2: 1 queries loaded, the published scores have 1000" in caplog.text
 
 
 def test_video_retrieval_pools_videos_globally(root):
@@ -154,10 +161,10 @@ def test_video_qa_ranks_the_options(root):
     data = _load(root, "Video-MME")
     options = ["A. One.", "B. Two.", "C. Three.", "D. Four."]
     assert data.labels == [["B. Two."]] and data.query_candidates == [options]
-    assert data.candidates["C. Three."].text == "Three."
+    assert data.candidates["C. Three."].text == "Three"  # trailing ". " stripped as VLM2Vec does
     text = data.queries[0].text
     assert text.startswith("Given a video and a question, select the most accurate answer")
-    assert text.endswith("Question: How many people appear?\nA. One.\nB. Two.\nC. Three.\nD. Four.")
+    assert text.endswith("Question:  How many people appear?\nA. One.\nB. Two.\nC. Three.\nD. Four.")
     assert len(data.queries[0].video) == 8
 
 
@@ -177,6 +184,8 @@ def test_moment_retrieval_uses_clip_folders(root):
     assert text_q.video is None and text_q.images == ()
     assert video_q.video[0].parent == root / clips / "src_movie_3"
     assert image_q.images == (root / MRET / "MomentSeeker/query_img_7.jpg",)
+    assert len(seeker.candidates[f"{clips}/clips_pos_1"].video) == 10  # every frame of the clip, not 8
+    assert len(video_q.video) == 3
 
 
 # ------------------------------------------------------------------------------------------------ visdoc

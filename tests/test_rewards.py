@@ -82,8 +82,8 @@ def test_ume_format_reward():
              "<think>x</think>\n<answer> shirt \n<gen_emb><|im_end|>",
              "<think>no answer</think> boot<gen_emb>",  # no <answer>
              "<think>a</think><answer>b",  # completion without <gen_emb>
-             "prefix <think>a</think><answer>b<gen_emb>"]  # anchored at the start, as UME-R1's re.match
-    assert ume_format_reward(texts) == [1.0, 1.0, 0.0, 0.0, 0.0]
+             "prefix <think>a</think><answer>b<gen_emb>"]  # a preamble still scores: UME-R1 uses re.search
+    assert ume_format_reward(texts) == [1.0, 1.0, 0.0, 0.0, 1.0]
 
 
 def test_missing_gen_emb_falls_back_to_the_last_fed_state_not_the_prompt():

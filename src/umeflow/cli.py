@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--assets-dir")
     build.add_argument("--seed", type=int)
     build.add_argument("--on-bad-record", choices=["error", "skip"])
+    mmeb = data_sub.add_parser("mmeb-v2", help="turn downloaded MMEB-V2 hub repos into the `evaluate --data-root` "
+                                               "layout + manifest.json (umeflow.data.mmeb_v2_download)")
+    mmeb.add_argument("--hub-dir", required=True, help="folder of downloaded repos: HUB/<owner>/<repo>/")
+    mmeb.add_argument("--out", required=True, help="evaluation root to build or bring up to date")
+    mmeb.add_argument("--tasks", default="mmeb-v2", help="mmeb-v2 | image | video | visdoc | comma-separated names")
+    mmeb.add_argument("--download", action="store_true",
+                      help="first fetch the repos/files the tasks need into --hub-dir (needs network)")
+    mmeb.add_argument("--verify", action="store_true", help="then load every task as `umeflow evaluate` does")
 
     model = sub.add_parser("model", help="backbones")
     model_sub = model.add_subparsers(dest="action", required=True)
@@ -108,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-queries-per-task", type=int)
     ev.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
                     help="merge the outputs of evaluate runs over shards of --tasks into one report")
+    ev.add_argument("--compare", metavar="FILE",
+                    help="a published leaderboard score file (VLM2Vec all_scores/*.json format) to show beside "
+                         "the scores, per task and aggregate, with the deltas")
 
     reg = sub.add_parser("register", help="log a checkpoint as an MLflow pyfunc model, register a version, "
                                           "alias it challenger")
@@ -147,6 +158,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(AssetsConfig, args.config, args.overrides, cache_dir=args.cache_dir, only=args.only)
         assets.fetch(cfg)
+        return 0
+    if cmd == "data" and args.action == "mmeb-v2":
+        from umeflow.data.mmeb_v2_download import convert
+
+        convert(args.hub_dir, args.out, args.tasks, download=args.download, verify=args.verify)
         return 0
     if cmd == "data":
         from umeflow.steps import data
@@ -200,7 +216,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(EvaluateConfig, args.config, args.overrides, model=args.model, tasks=args.tasks,
                           mode=args.mode, out=args.out, data_root=args.data_root, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task,
-                          cache_dir=args.cache_dir, pass_k=args.pass_k)
+                          cache_dir=args.cache_dir, pass_k=args.pass_k, compare=args.compare)
         evaluate.merge_shards(cfg, args.merge) if args.merge else evaluate.run(cfg)
         return 0
     if cmd == "register":

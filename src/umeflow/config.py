@@ -99,6 +99,12 @@ class EmbedConfig:
     temperature: float = 1.0
     num_samples: int = 1
     seed: int = 0
+    # pixels, as in `evaluate` (embed what was evaluated); 0 = the checkpoint's preprocessor_config.json
+    min_pixels: int = 0
+    max_pixels: int = 0
+    qwen_vl_utils_resize: bool = False
+    video_min_frame_pixels: int = 0  # 0 = frames sized like images
+    video_max_frame_pixels: int = 0
 
 
 @dataclass
@@ -110,7 +116,10 @@ class EvaluateConfig:
     mode: str = "both"  # disc | gen | both (both = one generation pass; disc comes from its prefill)
     out: str = "state/eval"
     batch_size: int = 8
-    max_new_tokens: int = 64
+    max_new_tokens: int = 64  # UME-R1 evaluates with 8,192 (configs/qwen2-vl-*.yaml); small budgets cut reasoning
+    # a task where more than this fraction of queries or candidates generated no usable <gen_emb> (fallback state)
+    # gets a WARNING in the log and in report.md: usually max_new_tokens is too small for the model's reasoning
+    gen_fallback_warn_rate: float = 0.05
     max_queries_per_task: int = 0  # 0 = all; >0 subsamples deterministically (marked in the report)
     pass_k: int = 0  # >0: also sample k gen embeddings per query and report pass@k (an upper bound)
     temperature: float = 1.0  # sampling temperature for pass@k
@@ -118,6 +127,17 @@ class EvaluateConfig:
     cache_chunk_size: int = 64  # items embedded between cache writes: a killed run loses at most this much work
     tracking_uri: str = ""  # MLflow tracking URI; empty = MLFLOW_TRACKING_URI from the environment, if set
     seed: int = 0
+    # a published leaderboard score file ({metadata, metrics: {image, video, visdoc}}, e.g. VLM2Vec's
+    # experiments/public/all_scores/*.json) shown beside the scores in report.md and summary.json; "" = none
+    compare: str = ""
+    # pixels (method.md §1.3): 0 = the checkpoint's preprocessor_config.json. UME-R1's eval (configs/qwen2-vl-*.yaml):
+    # qwen_vl_utils_resize true (fetch_image's resize first: 3,136-pixel floor, sides rounded to 28), then the
+    # processor at 784 … 2,359,296, frames sized like images (video_*_frame_pixels 0)
+    min_pixels: int = 0
+    max_pixels: int = 0
+    qwen_vl_utils_resize: bool = False
+    video_min_frame_pixels: int = 0  # 0 = frames sized like images
+    video_max_frame_pixels: int = 0
 
 
 @dataclass
@@ -196,6 +216,12 @@ class SFTConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = 0
+    # pixels: 0 = the checkpoint's preprocessor_config.json (UME-R1 SFT: 768 … 2,359,296 per image); video frames
+    # at UME-R1's SFT data-argument defaults 4·28·28 … 32·28·28
+    min_pixels: int = 0
+    max_pixels: int = 0
+    video_min_frame_pixels: int = 4 * 28 * 28
+    video_max_frame_pixels: int = 32 * 28 * 28
     # bookkeeping
     logging_steps: int = 10
     save_steps: int = 50
@@ -232,7 +258,7 @@ class GRPOConfig:
     max_completion_length: int = 2048
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0 = no top-k filter
+    top_k: int = 50  # 0 = no top-k filter; UME-R1's GenerationConfig(do_sample=True) keeps HF's default 50
     embedding_source: str = "generation"  # generation: states captured during rollout | forward: extra forward pass
     # policy optimisation
     learning_rate: float = 1e-6

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from umeflow.assets import asset_path
 from umeflow.errors import BadRecordCounter, RecordError, UserError
+from umeflow.model.vision import to_rgb_on_white
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
@@ -164,10 +165,7 @@ def tuxpaint_stamps(assets_dir: str | Path, counter: BadRecordCounter) -> list[S
 
 def fit_on_white(im: Image.Image, max_side: int) -> Image.Image:
     """Composite (possibly transparent) clip art on white and shrink it to fit ``max_side`` (never enlarge)."""
-    rgba = im.convert("RGBA")
-    canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    canvas.alpha_composite(rgba)
-    out = canvas.convert("RGB")
+    out = to_rgb_on_white(im)  # the Embedder's own rule, so built and raw images look the same to the model
     if max(out.size) > max_side:
         scale = max_side / max(out.size)
         out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.LANCZOS)

@@ -1,6 +1,7 @@
 """Persistent, content-addressed embedding cache: each unique input is embedded once per model and setting.
 
-Layout: ``<cache_dir>/<model fingerprint>/<setting>/part-<n>.npz``, where a setting is the mode plus everything that
+Layout: ``<cache_dir>/<model fingerprint>/<inputs>/<setting>/part-<n>.npz``, where ``inputs`` names how pixels are
+sized (``VisionSizing.tag``: other pixel limits are other inputs) and a setting is the mode plus everything that
 changes a gen embedding (``max_new_tokens``, sampling, temperature, sample index). Each part holds ``keys`` (content
 hashes, see ``content_key``), ``vectors`` and, for gen settings, the generated ``texts``, the ``fallback`` flags and,
 for the disc vectors read from the same prefill, nothing extra (they are stored under the disc setting).
@@ -74,19 +75,26 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     return h.hexdigest()[:20]
 
 
+# How a gen vector is read out of a generation. v2 (issue #13): generate until EOS and take the last <gen_emb>.
+# Unversioned names ("gen-t64-greedy") hold vectors of the old rule (stop one step after the first <gen_emb>); the
+# version in the name keeps them from being reused. Bump it whenever the gen read-out changes.
+GEN_READOUT_VERSION = 2
+
+
 def setting_name(mode: str, max_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0,
                  sample: int = 0) -> str:
     if mode == "disc":
         return "disc"
-    name = f"gen-t{max_new_tokens}"
+    name = f"gen-v{GEN_READOUT_VERSION}-t{max_new_tokens}"
     return name + (f"-sample{sample}-temp{temperature:g}" if do_sample else "-greedy")
 
 
 class EmbeddingCache:
     """Read-through cache of vectors (and gen texts/fallback flags) per setting; ``None`` dir = memory only."""
 
-    def __init__(self, cache_dir: str | os.PathLike | None, fingerprint: str):
-        self.root = Path(cache_dir).expanduser() / fingerprint if cache_dir else None
+    def __init__(self, cache_dir: str | os.PathLike | None, fingerprint: str, inputs: str = ""):
+        # ``inputs``: how the model's inputs were prepared (pixel limits); vectors of other inputs are never reused
+        self.root = Path(cache_dir).expanduser() / fingerprint / inputs if cache_dir else None
         self._data: dict[str, dict[str, tuple[np.ndarray, str | None, bool | None]]] = {}
         self.loaded_from_disk = 0
 

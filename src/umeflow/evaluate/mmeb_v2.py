@@ -11,7 +11,13 @@ downloaded can override it per task with ``dataclasses.replace``; reports print 
 
 Local layout (relative to the data root, local or ``s3://``; see ``umeflow.evaluate.loaders`` for the row fields):
 ``image-tasks/<Task>.jsonl|parquet`` + images under ``image-tasks/``; ``video-tasks/<Task>.jsonl|parquet`` + frames
-under ``video-tasks/frames/<group>/<Dataset>/``; ``visdoc-tasks/<Task>/{queries,corpus,qrels}.jsonl|parquet``.
+under ``video-tasks/frames/<group>/<Dataset>/``; ``visdoc-tasks/<Task>/{queries,corpus,qrels}.jsonl|parquet`` + page
+images under ``visdoc-tasks/<image folder>/`` (VLM2Vec's ``image_root``: the task name, except the four ViDoRe-V2
+tasks, ``VISDOC_IMAGE_FOLDERS``).
+
+Each task is built as VLM2Vec @6e1e1d4 builds it, with the per-task knobs of its eval yamls (``VIDEO_KNOBS``):
+SmthSmthV2 keeps its first 1,000 rows, MomentSeeker feeds every frame of a clip, and the video classification tasks
+rank against their dataset's full class list. ``leaderboard_note`` says where umeflow deliberately differs.
 """
 
 from __future__ import annotations
@@ -115,19 +121,54 @@ def _image_task(name: str, category: str, parser: str) -> TaskMeta:
         description=f"MMEB-V1 {category} task ({'in' if name in IMAGE_IN_DOMAIN else 'out-of'}-domain)")
 
 
+# Per-task knobs of VLM2Vec's experiments/public/eval/video.yaml @6e1e1d4 that change what a task contains.
+# SmthSmthV2 is the only eval task with num_sample_per_subset (l.6; every other task says None, and image.yaml /
+# visdoc.yaml set none). MomentSeeker takes every frame of its clip folders (momentseeker_dataset.py:40,68,82 call
+# load_frames, not process_video_frames), all other tasks 8 (num_frames / num_video_frames / num_clip_frames).
+VIDEO_KNOBS: dict[str, dict] = {
+    "SmthSmthV2": {"num_sample_per_subset": 1000},
+    "MomentSeeker": {"num_frames": None},
+    # the full class list joins the pool (video_classification_datasets.py:61-64; umeflow.evaluate.class_labels)
+    **{name: {"class_labels": name} for name in ("K700", "HMDB51", "UCF101", "Breakfast")},
+}
+
+
 def _video_task(name, category, parser, eval_type, n, repo, subset, split, group, folder) -> TaskMeta:
     return TaskMeta(
         name=name, modality="video", category=category, metric="hit@1", eval_type=eval_type, parser=parser,
         file=f"video-tasks/{name}", media_root=f"video-tasks/frames/{group}/{folder}", num_queries=n,
         dataset_name=repo, hf_subset=subset, split=split, revision=REVISION,
-        instruction=VIDEO_CLS_INSTRUCTIONS.get(name, ""), description=f"MMEB-V2 {category} task ({parser})")
+        instruction=VIDEO_CLS_INSTRUCTIONS.get(name, ""), description=f"MMEB-V2 {category} task ({parser})",
+        **VIDEO_KNOBS.get(name, {}))
+
+
+# visdoc.yaml @6e1e1d4 image_root where it is not visdoc-tasks/<task name>: the ViDoRe-V2 page folders drop the
+# "ViDoRe_" prefix (l.56, 66, 76, 86). Every other visdoc task's image_root is visdoc-tasks/<task name>.
+VISDOC_IMAGE_FOLDERS = {
+    "ViDoRe_esg_reports_human_labeled_v2": "esg_reports_human_labeled_v2",
+    "ViDoRe_biomedical_lectures_v2_multilingual": "biomedical_lectures_v2_multilingual",
+    "ViDoRe_economics_reports_v2_multilingual": "economics_reports_v2_multilingual",
+    "ViDoRe_esg_reports_v2_multilingual": "esg_reports_v2_multilingual",
+}
+
+# Where umeflow deliberately scores differently from VLM2Vec (and so from the leaderboard); the report prints these.
+GRADED_QRELS_NOTE = (
+    "Graded qrels: VLM2Vec's RankingMetrics.evaluate (src/utils/eval_utils/metrics.py:214 @6e1e1d4) de-duplicates "
+    "a query's labels with set() and then pairs them with rel_scores in the original order (l.183), so on a query "
+    "whose relevant pages have different grades the grades land on the wrong pages, in an order that changes with "
+    "Python's string hashing. umeflow pairs each grade with its own page, so ndcg_linear@5 here can differ from the "
+    "leaderboard's number (and the leaderboard's from run to run)."
+)
+LEADERBOARD_NOTES = {"ViDoRe_esg_reports_human_labeled_v2": GRADED_QRELS_NOTE}
 
 
 def _visdoc_task(name, category, parser, n, repo, split) -> TaskMeta:
     return TaskMeta(
         name=name, modality="visdoc", category=category, metric="ndcg_linear@5", eval_type="global", parser=parser,
-        file=f"visdoc-tasks/{name}", media_root=f"visdoc-tasks/{name}", num_queries=n, dataset_name=repo,
-        split=split, revision=REVISION, description=f"MMEB-V2 {category} visual-document retrieval (BEIR)")
+        file=f"visdoc-tasks/{name}", media_root=f"visdoc-tasks/{VISDOC_IMAGE_FOLDERS.get(name, name)}",
+        num_queries=n, dataset_name=repo, split=split, revision=REVISION,
+        description=f"MMEB-V2 {category} visual-document retrieval (BEIR)",
+        leaderboard_note=LEADERBOARD_NOTES.get(name, ""))
 
 
 MMEB_V2_TASKS: tuple[TaskMeta, ...] = (

@@ -68,8 +68,18 @@ def selector_gap(aggs: dict[str, dict], column: str = "selector") -> float | Non
     return gap_closed(o[column], o["disc_disc"], o["gen_gen"], o["oracle"])
 
 
-def _fmt(x: float | None) -> str:
+def fmt(x: float | None) -> str:
+    """A score in [0, 1] as the report shows it: ×100, one decimal."""
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def fmt_delta(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:+.1f}"
+
+
+def leaderboard_notes(tasks: list[TaskMeta]) -> list[str]:
+    """Why a task's score can differ from the MMEB-V2 leaderboard by design (``TaskMeta.leaderboard_note``)."""
+    return [f"{t.name}: {t.leaderboard_note}" for t in tasks if t.leaderboard_note]
 
 
 def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, dict], title: str,
@@ -82,7 +92,7 @@ def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, d
     for t in ran:
         r = results[t.name]
         name = f"{t.name} (smoke, not averaged)" if t.smoke else t.name
-        cells = " | ".join(_fmt(r["scores"][c][t.metric]) if c in r["scores"] else "–" for c in cols)
+        cells = " | ".join(fmt(r["scores"][c][t.metric]) if c in r["scores"] else "–" for c in cols)
         n = str(r["num_queries"]) + (f" of {r['num_queries_total']}"
                                      if r["num_queries"] < r["num_queries_total"] else "")
         lines.append(f"| {name} | {t.modality} | {t.category} | {t.metric} | {cells} | {n} |")
@@ -91,13 +101,17 @@ def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, d
     first = aggs[cols[0]]
     for key, suffix in (("categories", ""), ("modalities", " (modality)")):
         for name in first[key]:
-            lines.append(f"| {name}{suffix} | " + " | ".join(_fmt(aggs[c][key][name]) for c in cols) + " |")
-    overall = " | ".join(_fmt(aggs[c]["overall"]) for c in cols)
+            lines.append(f"| {name}{suffix} | " + " | ".join(fmt(aggs[c][key][name]) for c in cols) + " |")
+    overall = " | ".join(fmt(aggs[c]["overall"]) for c in cols)
     lines.append(f"| **overall** (mean over {first['num_expected']} tasks) | {overall} |")
     if not first["complete"]:
         lines += ["", f"**Incomplete:** {first['num_tasks']} of {first['num_expected']} tasks of the suite were "
                       f"scored; aggregates over missing tasks are left empty (missing: "
                       f"{', '.join(first['missing'][:10])}{' …' if len(first['missing']) > 10 else ''})."]
+    notes_by_design = leaderboard_notes(ran)
+    if notes_by_design:
+        lines += ["", "Tasks whose score can differ from the MMEB-V2 leaderboard by design:",
+                  *(f"- {n}" for n in notes_by_design)]
     if "oracle" in cols:
         lines += ["", "† upper bound: uses the ground truth to choose per query (oracle) or among k samples (pass@k)."]
     for column in ("selector", "selector_cross"):

@@ -27,7 +27,7 @@ from umeflow.model.items import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingStore", "evaluate_task", "subsample", "content_key", "pair_name"]
+__all__ = ["EmbeddingStore", "evaluate_task", "subsample", "content_key", "pair_name", "fallback_warnings"]
 
 
 def pair_name(qmode: str, tmode: str) -> str:
@@ -113,6 +113,20 @@ class EmbeddingStore:
         return [e[1] or "" for e in entries], [bool(e[2]) for e in entries]
 
 
+def fallback_warnings(results: dict[str, dict], threshold: float, max_new_tokens: int) -> list[str]:
+    """One line per task whose queries or candidates fell back (no usable ``<gen_emb>``) more often than
+    ``threshold``: their gen vectors are not what the model means to embed, so the task's gen scores are suspect."""
+    lines = []
+    for name, r in results.items():
+        q, c = r.get("gen_fallback_rate", 0.0), r.get("gen_fallback_rate_candidates", 0.0)
+        if max(q, c) > threshold:
+            lines.append(f"{name}: {100 * q:.1f}% of queries and {100 * c:.1f}% of candidates generated no usable "
+                         f"<gen_emb> (warning threshold {100 * threshold:g}%); their gen embeddings are fallback "
+                         f"states. Is max_new_tokens={max_new_tokens} too small for the model's reasoning? "
+                         "(UME-R1 evaluates with 8192)")
+    return lines
+
+
 def subsample(data: TaskData, max_queries: int, seed: int) -> TaskData:
     if not max_queries or len(data.queries) <= max_queries:
         return data
@@ -152,10 +166,10 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         used = {n for lst in data.query_candidates for n in lst}
         names = [n for n in names if n in used]
     cand_items = [data.candidates[n] for n in names]
-    q_emb, c_emb, q_keys = {}, {}, []
+    q_emb, c_emb, q_keys, c_keys = {}, {}, [], []
     for mode in sorted(modes, key=lambda m: m != "gen"):  # gen first: it brings the disc vectors along
         q_emb[mode], q_keys = store.embed(data.queries, mode, desc=f"{meta.name} queries")
-        c_emb[mode], _ = store.embed(cand_items, mode, desc=f"{meta.name} candidates")
+        c_emb[mode], c_keys = store.embed(cand_items, mode, desc=f"{meta.name} candidates")
     result = {"num_queries": len(data.queries), "num_queries_total": len(full.queries),
               "num_candidates": len(names), "scores": {}, "per_query": {}}
     conf, raw = {}, {}
@@ -187,5 +201,7 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
     if "gen" in modes:
         texts, fallback = store.gen_info(q_keys)
         result["gen_fallback_rate"] = float(np.mean(fallback))
+        # candidates are generated for too (gen targets): a budget that cuts their reasoning hurts just as much
+        result["gen_fallback_rate_candidates"] = float(np.mean(store.gen_info(c_keys)[1])) if c_keys else 0.0
         result["gen_examples"] = texts[:2]
     return result

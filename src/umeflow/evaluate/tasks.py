@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +47,8 @@ class TaskMeta:
     file: str = ""  # annotation file, or stem (.jsonl/.parquet tried), or visdoc folder; relative to the data root
     media_root: str = ""  # images / frame folders / corpus images, relative to the data root
     smoke: bool = False  # smoke tasks check a path end to end and are never averaged in
-    num_queries: int = 0  # expected number of queries (MMEB-V2: num_data of the released score files)
+    num_queries: int = 0  # expected number of queries (MMEB-V2: num_data of the released score files); load_task
+    # logs a warning when the loaded count differs
     dataset_name: str = ""  # HF dataset repo the annotations come from
     revision: str = ""  # HF dataset revision the registry assumes
     description: str = ""
@@ -54,6 +56,15 @@ class TaskMeta:
     hf_subset: str = ""  # HF config/subset name, when the repo has several
     split: str = ""  # HF split of the annotations
     instruction: str = ""  # task-level query instruction, where the loader does not take it from the rows
+    # VLM2Vec's yaml knob of the same name: keep only the first N annotation rows (queries, for visdoc); None = all
+    num_sample_per_subset: int | None = None
+    # VLM2Vec's num_frames: frames chosen per video by linspace (a shorter video keeps all its frames, unpadded);
+    # None = every frame of the folder (MomentSeeker)
+    num_frames: int | None = MMEB_VIDEO_FRAMES
+    # a packaged class-label list (umeflow.evaluate.class_labels) added whole to a global classification pool
+    class_labels: str = ""
+    # why this task's score can differ from the published leaderboard (printed by the evaluation report)
+    leaderboard_note: str = ""
 
     @property
     def loader(self) -> str:
@@ -148,18 +159,27 @@ def _offline_or_empty(data_root) -> dict[str, TaskMeta]:
     return {t.name: t for t in offline_tasks(data_root)}
 
 
-def sample_frame_names(names: list[str], n: int = MMEB_VIDEO_FRAMES) -> list[str]:
-    """MMEB-V2 frame choice over one video's frame files: ``linspace(0, count-1, n)`` (integer) over the sorted
-    names; a shorter video keeps all its frames and repeats the last one up to ``n`` (method.md §4.12)."""
-    frames = sorted(x for x in names if Path(x).suffix.lower() in FRAME_SUFFIXES)
-    if not frames:
-        return []
-    if len(frames) < n:
-        return frames + [frames[-1]] * (n - len(frames))
+_DIGIT_RUNS = re.compile(r"(\d+)")
+
+
+def natural_sort_key(name: str) -> list:
+    """``frame_2.jpg`` before ``frame_10.jpg``: digit runs compare as numbers, the rest case-insensitively (the
+    order VLM2Vec's ``load_frames`` lists a frame folder in)."""
+    return [int(part) if i % 2 else part.lower() for i, part in enumerate(_DIGIT_RUNS.split(name))]
+
+
+def sample_frame_names(names: list[str], n: int | None = MMEB_VIDEO_FRAMES) -> list[str]:
+    """MMEB-V2 frame choice over one video's frame files (method.md §3.3, as VLM2Vec ``process_video_frames``):
+    the image files in natural order, then ``linspace(0, count-1, n)`` (integer) when the folder has at least ``n``
+    frames; a shorter folder, or ``n=None``, keeps every frame as is (no padding)."""
+    # the plain sort first fixes the order of names the key calls equal (01.jpg / 1.jpg), whatever the listing order
+    frames = sorted(sorted(x for x in names if Path(x).suffix.lower() in FRAME_SUFFIXES), key=natural_sort_key)
+    if n is None or len(frames) < n:
+        return frames
     return [frames[i] for i in np.linspace(0, len(frames) - 1, n, dtype=int)]
 
 
-def sample_frames(frame_dir: Path, n: int = MMEB_VIDEO_FRAMES) -> tuple[Path, ...]:
+def sample_frames(frame_dir: Path, n: int | None = MMEB_VIDEO_FRAMES) -> tuple[Path, ...]:
     """``sample_frame_names`` over a local frame folder."""
     chosen = sample_frame_names([p.name for p in Path(frame_dir).iterdir()], n)
     if not chosen:

@@ -167,7 +167,12 @@ def load_backbone(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.f
 
 
 def language_model(model) -> torch.nn.Module:
-    """The decoder stack whose ``last_hidden_state`` (after the final norm) is ``hidden_states[-1]``."""
+    """The decoder stack whose ``last_hidden_state`` is the embedding state: the output of the final norm.
+
+    Every umeflow read-out (disc, gen, GRPO, SFT) takes ``last_hidden_state`` of this module, never
+    ``output_hidden_states=True``'s ``hidden_states[-1]``, which some transformers versions record before the final
+    norm for Qwen3-VL (VLM2Vec PR #213). tests/test_parity_generation.py checks each family against the norm's output.
+    """
     inner = getattr(model, "model", model)
     lm = getattr(inner, "language_model", None)
     if lm is None:

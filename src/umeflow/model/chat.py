@@ -1,10 +1,14 @@
 """UME-R1 input formatting (method.md §1.3): the exact generation prompt, the chat template and message layout.
 
 A user turn is: media first (images, then a video), then ``text + "\\n<disc_emb>\\n" + GENERATION_PROMPT``. Text-only
-inputs get a 28×28 white image so that every sample is multimodal, exactly as UME-R1's evaluation does.
+inputs get a 28×28 white image so that every sample is multimodal, exactly as UME-R1's evaluation does. UME-R1 writes
+the turn differently in its two training stages, and we follow each: GRPO rollouts put a space before the first
+newline (``rl_user_text``); SFT records keep their human turn verbatim, media in place (``build_messages_verbatim``).
 """
 
 from __future__ import annotations
+
+import re
 
 from PIL import Image
 
@@ -61,8 +65,15 @@ def blank_image() -> Image.Image:
 
 
 def user_text(text: str) -> str:
-    """The user-turn text: instance text (placeholders removed) + ``\\n<disc_emb>\\n`` + the generation prompt."""
+    """The user-turn text at evaluation: instance text (placeholders removed, stripped) + ``\\n<disc_emb>\\n`` + the
+    generation prompt (UME-R1 eval_collator.py)."""
     return strip_placeholders(text) + "\n" + DISC_EMB + "\n" + GENERATION_PROMPT
+
+
+def rl_user_text(text: str) -> str:
+    """The user-turn text of a GRPO rollout: UME-R1's RL question template ``"{Question} \\n<disc_emb>\\n" +`` the
+    generation prompt — a space before the first newline, unlike evaluation (qwen_module.py)."""
+    return strip_placeholders(text) + " \n" + DISC_EMB + "\n" + GENERATION_PROMPT
 
 
 def build_messages(item: Item) -> tuple[list[dict], list, list]:
@@ -73,6 +84,28 @@ def build_messages(item: Item) -> tuple[list[dict], list, list]:
         images = [blank_image()]
     content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in videos]
     content.append({"type": "text", "text": user_text(item.text)})
+    return [{"role": "user", "content": content}], images, videos
+
+
+_MEDIA_PLACEHOLDER = re.compile(r"(<image>|<video>)")
+
+
+def build_messages_verbatim(turn: str, item: Item) -> tuple[list[dict], list, list]:
+    """(messages, images, videos) for a user turn as written in a UME-R1 SFT record: the text exactly as it stands,
+    each ``<image>``/``<video>`` replaced by the item's next image / its video, in place (UME-R1 data_qwen.py), so
+    ``<image>\\n…`` keeps its newline after the media. A side without media gets the 28×28 white image before the
+    turn, as at evaluation (UME-R1's own SFT records name images/blank.jpg for those sides)."""
+    parts = [p for p in _MEDIA_PLACEHOLDER.split(turn) if p]
+    n_images, n_videos = parts.count("<image>"), parts.count("<video>")
+    images = list(item.images)
+    videos = [list(item.video)] if item.video else []
+    if (n_images, n_videos) != (len(images), len(videos)):
+        raise ValueError(f"the user turn has {n_images} <image> and {n_videos} <video> placeholders for "
+                         f"{len(images)} images and {len(videos)} videos")
+    if not images and not videos:
+        images, parts = [blank_image()], ["<image>", *parts]
+    content = [{"type": "image"} if p == "<image>" else {"type": "video"} if p == "<video>" else
+               {"type": "text", "text": p} for p in parts]
     return [{"role": "user", "content": content}], images, videos
 
 

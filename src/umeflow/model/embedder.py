@@ -2,15 +2,22 @@
 
 disc: one left-padded forward; the last-layer state at the last ``<disc_emb>`` of each prompt.
 
-gen:  one batched, left-padded ``generate``. A forward hook on the language model keeps, for every decoding step,
-      only the last-layer state of the token fed at that step (B × D per step) — not every layer's states at every
-      step, which is what ``output_hidden_states=True`` would store. Step k ≥ 1 feeds generated token k−1, so the
-      state of ``<gen_emb>`` generated at position j is step j+1 (the spec's ``hidden_states[j+1][-1]``). Only the
-      generated ids are searched, and the *last* ``<gen_emb>`` there is taken: the one inside GENERATION_PROMPT is
-      never used. A row stops one step after it emits ``<gen_emb>`` so that token's state is computed; the extra
-      token is dropped from the returned text. A row that never emits ``<gen_emb>`` (EOS or budget reached) falls back
-      to the state of its last fed step — what UME-R1's evaluation reads (``hidden_states[-1]``) — and is flagged.
-      The prefill step also yields the disc embedding for free (``Encoded.disc_embeddings``).
+gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation does, until every row has emitted EOS
+      (``<|im_end|>`` or the checkpoint's EOS ids) or ``max_new_tokens`` tokens. A forward hook on the language
+      model keeps, for every decoding step, only the last-layer state (after the final norm) of the token fed at
+      that step (B × D per step) — not every layer's states at every step, which is what
+      ``output_hidden_states=True`` would store. Step k ≥ 1 feeds generated token k−1, so the state of ``<gen_emb>`` generated at position j is
+      step j+1 (the spec's ``hidden_states[j+1][-1]``). Only the generated ids are searched, and the *last*
+      ``<gen_emb>`` there is taken (the one inside GENERATION_PROMPT is never used; a second ``<gen_emb>`` generated
+      after the first wins). Each row is read within its own generated span — up to and including its first EOS —
+      never from the padding steps a finished row goes through while longer rows still generate. A row with no
+      ``<gen_emb>``, or whose ``<gen_emb>`` is its very last token (the budget ran out before that token was fed),
+      falls back to the state of its last fed step, as UME-R1's ``get_embedding_idx`` does (``hidden_states[-1]``),
+      and is flagged in ``Encoded.fallback``. The prefill step also yields the disc embedding for free
+      (``Encoded.disc_embeddings``).
+      Returned per row: ``generated_ids`` = every token the row generated, through its EOS (inclusive) or to the
+      budget; ``texts`` = those tokens decoded without special tokens (reasoning, answer, ``<gen_emb>`` and whatever
+      the model wrote after it, without the EOS).
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ from umeflow.errors import UserError
 from umeflow.model.backbone import Backbone, language_model, load_backbone
 from umeflow.model.inputs import build_batch
 from umeflow.model.items import Encoded, Item
+from umeflow.model.vision import VisionSizing
 
 log = logging.getLogger(__name__)
 
 
 class LastStateRecorder:
-    """Forward hook that records ``last_hidden_state`` of the language model, per call."""
+    """Forward hook that records ``last_hidden_state`` of the language model, per call.
+
+    ``last_hidden_state`` of the Qwen2-VL / Qwen2.5-VL / Qwen3-VL text models is the output of their final norm
+    (tests/test_parity_generation.py checks it per family against a hook on that norm)."""
 
     def __init__(self):
         self.prefill: torch.Tensor | None = None  # (B, L, D) of the prompt
@@ -46,18 +57,18 @@ class LastStateRecorder:
         self.steps.append(hs[:, -1].detach())
 
 
-class _StopAfterGenEmb:
-    """Per-row stopping: one step after ``<gen_emb>`` is generated, or at ``budget`` tokens without it."""
+def gen_emb_step(own_ids: Sequence[int], gen_emb_id: int) -> tuple[int, bool]:
+    """(recorded step to read, fallback) for one row's own generated ids (through its EOS, no padding).
 
-    def __init__(self, prompt_len: int, gen_emb_id: int, budget: int):
-        self.prompt_len, self.gen_emb_id, self.budget = prompt_len, gen_emb_id, budget
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        gen = input_ids[:, self.prompt_len:]
-        n = gen.shape[1]
-        emitted_before_last = (gen[:, :-1] == self.gen_emb_id).any(dim=1)
-        over_budget = (n >= self.budget) & (gen[:, -1] != self.gen_emb_id)
-        return emitted_before_last | over_budget
+    Step k ≥ 1 is the state of generated token k−1 (step 0: the last prompt token). The last ``<gen_emb>`` at j is
+    read at step j+1; when there is none, or it is the very last generated token (never fed, so its state was never
+    computed), the row falls back to its last fed step, ``len(own_ids) − 1``.
+    """
+    last = len(own_ids) - 1
+    for j in range(last, -1, -1):
+        if own_ids[j] == gen_emb_id:
+            return (j + 1, False) if j < last else (max(last, 0), True)
+    return max(last, 0), True
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:
@@ -67,8 +78,10 @@ def _normalise(x: torch.Tensor) -> np.ndarray:
 class Embedder:
     """``Embedder(model_dir).encode(items, mode="disc"|"gen", ...)`` → ``Encoded`` (L2-normalised float32)."""
 
-    def __init__(self, model: str | os.PathLike | Backbone, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model: str | os.PathLike | Backbone, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 sizing: VisionSizing | None = None):
         self.backbone = model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype, device=device)
+        self.sizing = sizing or VisionSizing()  # pixel limits (default: the checkpoint's; frames like images)
         self.model = self.backbone.model
         self.processor = self.backbone.processor
         self.tokenizer = self.backbone.tokenizer
@@ -82,7 +95,7 @@ class Embedder:
         return {i for i in ids if i is not None}
 
     def batch(self, items: Sequence[Item], completions: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        batch = build_batch(self.processor, items, completions, self.backbone.family.name)
+        batch = build_batch(self.processor, items, completions, self.backbone.family.name, self.sizing)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ---------------------------------------------------------------- public API
@@ -149,53 +162,41 @@ class Embedder:
                               "generated_tokens": gen_tokens})
 
     def _generate_batch(self, items: list[Item], max_new_tokens: int, do_sample: bool, temperature: float):
-        from transformers import StoppingCriteriaList
-
         batch = self.batch(items)
         prompt_len = batch["input_ids"].shape[1]
         gen_id = self.backbone.gen_emb_id
         recorder = LastStateRecorder()
         handle = language_model(self.model).register_forward_hook(recorder)
         try:
+            # No stopping rule of our own: every row runs to its EOS or the budget, as in UME-R1's evaluation
+            # (eval_twomode.py), so a second <gen_emb> after the first can still win. The EOS ids are passed
+            # explicitly so that where generation stops is where ``_row_length`` ends the row.
             sequences = self.model.generate(
-                **batch, max_new_tokens=max_new_tokens + 1, do_sample=do_sample,
+                **batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
                 temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                stopping_criteria=StoppingCriteriaList([_StopAfterGenEmb(prompt_len, gen_id, max_new_tokens)]),
-                pad_token_id=self.tokenizer.pad_token_id, return_dict_in_generate=False)
+                eos_token_id=sorted(self.eos_ids), pad_token_id=self.tokenizer.pad_token_id,
+                return_dict_in_generate=False)
         finally:
             handle.remove()
         steps = torch.stack(recorder.steps, dim=1)  # (B, S, D); S = number of forward calls
         disc = _normalise(gather_last(recorder.prefill, batch["input_ids"], self.backbone.disc_emb_id))
         generated = sequences[:, prompt_len:].cpu()
-        rows, texts, fallback, kept_ids = [], [], [], []
+        rows, texts, fallback, own_ids = [], [], [], []
         for b in range(generated.shape[0]):
             ids = generated[b].tolist()
-            length = self._row_length(ids, gen_id, max_new_tokens)
-            own = ids[:length]
-            hits = [j for j, t in enumerate(own) if t == gen_id]
-            if hits:
-                j = hits[-1]
-                rows.append(steps[b, j + 1])
-                keep = own[:j + 1]
-                fallback.append(False)
-            else:
-                # UME-R1 reads hidden_states[-1]: the state of the last token fed in this row's own generation,
-                # i.e. step (length - 1) — the final generated token itself is never fed.
-                rows.append(steps[b, max(length - 1, 0)])
-                keep = [t for t in own if t not in self.eos_ids]
-                fallback.append(True)
-            texts.append(self.tokenizer.decode(keep, skip_special_tokens=True))
-            kept_ids.append(own[:hits[-1] + 1] if hits else own)
-        return _normalise(torch.stack(rows)), disc, texts, fallback, kept_ids, int(generated.numel())
+            own = ids[:self._row_length(ids)]  # never the padding steps of a row that finished early
+            step, fb = gen_emb_step(own, gen_id)
+            rows.append(steps[b, step])
+            fallback.append(fb)
+            own_ids.append(own)
+            texts.append(self.tokenizer.decode([t for t in own if t not in self.eos_ids], skip_special_tokens=True))
+        n_tokens = sum(len(o) for o in own_ids)
+        return _normalise(torch.stack(rows)), disc, texts, fallback, own_ids, n_tokens
 
-    def _row_length(self, ids: list[int], gen_id: int, budget: int) -> int:
-        """Number of tokens this row generated on its own (excluding padding after it stopped)."""
+    def _row_length(self, ids: list[int]) -> int:
+        """Number of tokens this row generated itself: through its first EOS, or all of them (budget reached)."""
         for j, t in enumerate(ids):
             if t in self.eos_ids:
-                return j + 1
-            if t == gen_id:
-                return j + 1  # ``<gen_emb>`` ends the embedding span; the step after it is ours, not the model's
-            if j + 1 >= budget:
                 return j + 1
         return len(ids)
 

@@ -5,7 +5,9 @@ processors need torchvision (never installed here). Images still go through the 
 video is a list of frames that we resize and patchify exactly as the Qwen2-VL video processor lays them out
 (``patchify_frames``; a test checks it against the image processor on a still clip). Placeholders are expanded to
 ``grid_t·grid_h·grid_w / merge²`` tokens, and ``mm_token_type_ids`` (0 text, 1 image, 2 video) are computed from the
-ids, as ``ProcessorMixin`` does; a test checks image-only batches against the processor's own output.
+ids, as ``ProcessorMixin`` does; a test checks image-only batches against the processor's own output. Pixels are sized
+per stage by a ``VisionSizing`` (model/vision.py): UME-R1's eval resizes twice (qwen_vl_utils, then the processor at
+784 … 2,359,296), its SFT once at 768 … 2,359,296 with smaller per-frame caps for video.
 """
 
 from __future__ import annotations
@@ -18,46 +20,52 @@ import torch
 from PIL import Image
 
 from umeflow.errors import UserError
-from umeflow.model.chat import build_messages, render_prompt
+from umeflow.model.chat import build_messages, build_messages_verbatim, render_prompt
 from umeflow.model.items import ImageLike, Item
+from umeflow.model.vision import VisionSizing, fetch_resize, processor_limits, to_rgb_on_white
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
-# UME-R1 SFT caps each video frame at 32·28·28 pixels (method.md §1.3); images keep the processor's own limits.
-VIDEO_MAX_FRAME_PIXELS = 32 * 28 * 28
 
 
 def open_image(img: ImageLike) -> Image.Image:
+    """An RGB image, transparent pixels composited onto white (method.md §1.3)."""
     if isinstance(img, Image.Image):
-        return img.convert("RGB")
+        return to_rgb_on_white(img)
     path = Path(img)
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb_on_white(im)
     except FileNotFoundError:
         raise UserError(f"image file {path} does not exist") from None
     except (OSError, SyntaxError) as e:
         raise UserError(f"image file {path} cannot be decoded: {e}") from None
 
 
-def _limits(image_processor) -> tuple[int, int]:
-    size = image_processor.size
-    get = size.get if isinstance(size, dict) else (lambda k, d=None: getattr(size, k, d))
-    return int(get("shortest_edge") or 56 * 56), int(get("longest_edge") or 28 * 28 * 1280)
+def _load(img: ImageLike, sizing: VisionSizing, factor: int) -> Image.Image:
+    im = open_image(img)
+    if not sizing.qwen_vl_utils_resize:
+        return im
+    try:
+        return fetch_resize(im, factor)
+    except UserError as e:
+        raise UserError(f"image {img if not isinstance(img, Image.Image) else '(in memory)'}: {e}") from None
 
 
-def patchify_frames(frames: Sequence[Image.Image], image_processor) -> tuple[torch.Tensor, torch.Tensor]:
+def patchify_frames(frames: Sequence[Image.Image], image_processor, min_pixels: int = 0,
+                    max_pixels: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames → (pixel_values_videos, video_grid_thw) in the Qwen2-VL patch order.
 
-    All frames are resized (bicubic) to the first frame's ``smart_resize`` size, rescaled, normalised; the clip is
-    padded to a multiple of the temporal patch by repeating the last frame.
+    All frames are resized (bicubic) to the first frame's ``smart_resize`` size within [min_pixels, max_pixels]
+    (0 = the processor's own limit), rescaled, normalised; the clip is padded to a multiple of the temporal patch by
+    repeating the last frame.
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     ps, ms, tps = image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size
-    min_px, max_px = _limits(image_processor)
+    own_min, own_max = processor_limits(image_processor)
     w0, h0 = frames[0].size
-    h, w = smart_resize(h0, w0, factor=ps * ms, min_pixels=min_px, max_pixels=min(max_px, VIDEO_MAX_FRAME_PIXELS))
+    h, w = smart_resize(h0, w0, factor=ps * ms, min_pixels=min_pixels or own_min, max_pixels=max_pixels or own_max)
     mean = np.asarray(image_processor.image_mean, dtype=np.float32)[:, None, None]
     std = np.asarray(image_processor.image_std, dtype=np.float32)[:, None, None]
     arr = np.stack([np.asarray(f.convert("RGB").resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
@@ -100,26 +108,40 @@ def _completion_mask(tok, prompts: list[str], ids: torch.Tensor, attention: torc
 
 
 def build_batch(processor, items: Sequence[Item], completions: Sequence[str] | None = None,
-                family_name: str = "qwen2_vl") -> dict[str, torch.Tensor]:
-    """Left-padded model inputs for ``items``; ``completions`` (teacher forcing) are appended after the prompt."""
+                family_name: str = "qwen2_vl", sizing: VisionSizing | None = None,
+                user_turns: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded model inputs for ``items``; ``completions`` (teacher forcing) are appended after the prompt.
+
+    ``sizing``: pixel limits (default: the checkpoint's, frames like images). ``user_turns``: each item's user turn
+    as a UME-R1 SFT record writes it (``<image>``/``<video>`` where its media go); default: UME-R1's eval layout,
+    media first (``chat.build_messages``).
+    """
+    sizing = sizing or VisionSizing()
     tok = processor.tokenizer
     ip = processor.image_processor
     merge = ip.merge_size ** 2
+    factor = ip.patch_size * ip.merge_size
+    image_min, image_max = sizing.image_limits(ip)
+    frame_min, frame_max = sizing.frame_limits(ip)
     texts, prompts, images_pv, images_thw, videos_pv, videos_thw = [], [], [], [], [], []
     for i, item in enumerate(items):
-        messages, imgs, vids = build_messages(item)
+        if user_turns is None:
+            messages, imgs, vids = build_messages(item)
+        else:
+            messages, imgs, vids = build_messages_verbatim(user_turns[i], item)
         if vids and family_name == "qwen3_vl":
             raise UserError("video inputs for Qwen3-VL need its video processor (torchvision); not supported here")
         text = render_prompt(processor, messages)
         img_counts = []
         if imgs:
-            out = ip(images=[open_image(im) for im in imgs], return_tensors="pt")
+            out = ip(images=[_load(im, sizing, factor) for im in imgs],
+                     size={"shortest_edge": image_min, "longest_edge": image_max}, return_tensors="pt")
             images_pv.append(out["pixel_values"])
             images_thw.append(out["image_grid_thw"])
             img_counts = [int(g.prod()) // merge for g in out["image_grid_thw"]]
         vid_counts = []
         for frames in vids:
-            pv, thw = patchify_frames([open_image(f) for f in frames], ip)
+            pv, thw = patchify_frames([_load(f, sizing, factor) for f in frames], ip, frame_min, frame_max)
             videos_pv.append(pv)
             videos_thw.append(thw)
             vid_counts.append(int(thw.prod()) // merge)

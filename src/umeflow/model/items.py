@@ -53,7 +53,7 @@ class Encoded:
     embeddings: float32, L2-normalised, shape (N, D), or (N, S, D) when ``num_samples`` S > 1.
     texts:      gen mode only: the generated reasoning per item (list of S strings per item when S > 1).
     fallback:   gen mode only: True where no ``<gen_emb>`` was generated and the spec's fallback state was used.
-    generated_ids: gen mode only: the token ids each item generated (through ``<gen_emb>`` when present).
+    generated_ids: gen mode only: the token ids each item generated, through its EOS (inclusive) or to the budget.
     disc_embeddings: gen mode only: the disc embeddings, read from the same prefill at no extra cost.
     """
 

@@ -13,7 +13,9 @@ Logged with ``log_embedding_model``:
   a float32 tensor (N, D), L2-normalised.
 
 ``predict`` returns exactly ``Embedder(checkpoint).encode(items, mode=...)``: gen mode decodes greedily, so it is
-deterministic. Per row, the ``mode`` column wins over the ``mode`` param, which wins over the logged default.
+deterministic. Per row, the ``mode`` column wins over the ``mode`` param, which wins over the logged default. The
+pixel keys of the evaluate step (``min_pixels``, ``max_pixels``, ``qwen_vl_utils_resize``, ``video_*_frame_pixels``)
+may sit in the logged settings (model_config) and size the pixels as that evaluation did; absent = the checkpoint's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from umeflow.errors import UserError
+from umeflow.model.vision import VisionSizing, to_rgb_on_white
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,7 @@ def decode_image(value: Any, row: int):
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise UserError(f"row {row}, column 'image': {shown!r} is neither an existing file nor base64 image "
                         "data") from None
-    return image.convert("RGB")
+    return to_rgb_on_white(image)
 
 
 def parse_inputs(model_input: Any, default_mode: str) -> tuple[list, list[str]]:
@@ -173,7 +176,7 @@ class EmbeddingModel(PythonModel):
         if context is not None and context.model_config:
             self._settings = {**self._settings, **context.model_config}
         device = self._settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.embedder = Embedder(checkpoint, device=device)
+        self.embedder = Embedder(checkpoint, device=device, sizing=VisionSizing.from_settings(self._settings))
 
     # pd.DataFrame: MLflow takes the explicit signature logged with the model and does no type-hint inference
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:

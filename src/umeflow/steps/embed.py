@@ -55,6 +55,7 @@ def read_items(path: str | Path) -> list[Item]:
 
 def run(cfg: EmbedConfig) -> dict:
     from umeflow.model.embedder import Embedder
+    from umeflow.model.vision import VisionSizing
 
     if not cfg.input or not cfg.out:
         raise UserError("embed needs --input ITEMS.jsonl and --out FILE.npy")
@@ -62,13 +63,17 @@ def run(cfg: EmbedConfig) -> dict:
     out = Path(cfg.out)
     stem = out.with_suffix("") if out.suffix == ".npy" else out
     t0 = time.perf_counter()
-    enc = Embedder(cfg.model).encode(items, mode=cfg.mode, batch_size=cfg.batch_size,
-                                     max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
-                                     temperature=cfg.temperature, num_samples=cfg.num_samples, seed=cfg.seed)
+    embedder = Embedder(cfg.model, sizing=VisionSizing.from_settings(cfg))  # pixels as `evaluate` sizes them
+    enc = embedder.encode(items, mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                          do_sample=cfg.do_sample, temperature=cfg.temperature, num_samples=cfg.num_samples,
+                          seed=cfg.seed)
     seconds = time.perf_counter() - t0
     if enc.fallback is not None and enc.fallback.any():
-        log.warning("%d of %d items generated no <gen_emb>; their embedding is the last generated state (flagged "
-                    "in %s.texts.jsonl)", int(enc.fallback.sum()), enc.fallback.size, stem.name)
+        # any fallback is worth a warning here: there is no report to carry it
+        log.warning("%d of %d items (%.1f%%) generated no usable <gen_emb>; their embedding is the last generated "
+                    "state (flagged in %s.texts.jsonl). Is max_new_tokens=%d too small for the model's reasoning? "
+                    "(UME-R1 evaluates with 8192)", int(enc.fallback.sum()), enc.fallback.size,
+                    100 * float(enc.fallback.mean()), stem.name, cfg.max_new_tokens)
     with atomic_path(stem.parent / (stem.name + ".npy")) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, enc.embeddings)

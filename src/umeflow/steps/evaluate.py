@@ -3,6 +3,7 @@
 Outputs in ``--out`` (written atomically as one folder): ``report.md`` (per-task table, category/modality/overall
 means, oracle and selector), ``summary.json`` (everything in the table plus full metric dicts), ``categories.png``
 (per-category bars), ``scores/{task}_{qmode}_{tmode}_score.json`` (UME-R1's VLM2Vec naming, one per mode pair),
+``leaderboard/`` (MMEB-V2 tasks in VLM2Vec's layout and leaderboard JSON, ``evaluate.leaderboard``),
 ``metrics.json`` (flat keys for MLflow/DVC) and ``run_info.json``. Embeddings persist in ``cache_dir`` keyed by
 model fingerprint and content, so a killed run resumes and a rerun embeds nothing twice. When an MLflow tracking URI
 is set (``tracking_uri`` or ``MLFLOW_TRACKING_URI``) metrics, report, summary and plot are logged to MLflow.
@@ -10,6 +11,9 @@ is set (``tracking_uri`` or ``MLFLOW_TRACKING_URI``) metrics, report, summary an
 On a cluster the task set fans out: ``plan_shards`` splits it into balanced task lists, each shard runs ``run`` (one
 GPU pod each, sharing the embedding cache on a volume) and ``merge_shards`` (``umeflow evaluate --merge DIR ...``)
 publishes the same outputs as a single run would, from the shards' summaries.
+
+``compare`` (``--compare FILE``) puts a published leaderboard score file beside the run in report.md and
+summary.json: per task and per category / modality / overall, with the deltas.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from tqdm.auto import tqdm
 
 from umeflow.config import EvaluateConfig
 from umeflow.errors import UserError
+from umeflow.evaluate import leaderboard
 from umeflow.evaluate.cache import EmbeddingCache, model_fingerprint
 from umeflow.evaluate.report import aggregate, bar_plot, column_label, columns_of, markdown, selector_gap
-from umeflow.evaluate.runner import EmbeddingStore, evaluate_task
+from umeflow.evaluate.runner import EmbeddingStore, evaluate_task, fallback_warnings
 from umeflow.evaluate.tasks import TaskMeta, select_tasks
 from umeflow.io import atomic_path, write_json, write_run_info
 from umeflow.tracking import use_tracking
@@ -65,18 +70,22 @@ def run(cfg: EvaluateConfig, log_to_mlflow: bool = True) -> dict:
     """Score ``cfg.tasks`` and publish the report into ``cfg.out``; ``log_to_mlflow=False`` for a shard whose
     partial aggregates must not reach the run (``merge_shards`` logs the whole)."""
     from umeflow.model.embedder import Embedder
+    from umeflow.model.vision import VisionSizing
 
     if cfg.mode not in MODES:
         raise UserError(f"--mode must be one of {sorted(MODES)}, got {cfg.mode!r}")
     if cfg.pass_k and "gen" not in MODES[cfg.mode]:
         raise UserError("pass@k samples gen embeddings: use --mode gen or both")
     modes = MODES[cfg.mode]
+    if cfg.compare:  # a bad compare file fails now, not after the embedding
+        leaderboard.load_published(cfg.compare)
     tasks = select_tasks(cfg.data_root, cfg.tasks)
     expected = expected_tasks(cfg.data_root, cfg.tasks)
     fingerprint = model_fingerprint(cfg.model)
-    cache = EmbeddingCache(cfg.cache_dir or None, fingerprint)
+    sizing = VisionSizing.from_settings(cfg)
+    cache = EmbeddingCache(cfg.cache_dir or None, fingerprint, inputs=sizing.tag())
     cache.write_info(cfg.model)
-    store = EmbeddingStore(Embedder(cfg.model), cache=cache, batch_size=cfg.batch_size,
+    store = EmbeddingStore(Embedder(cfg.model, sizing=sizing), cache=cache, batch_size=cfg.batch_size,
                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                            chunk_size=cfg.cache_chunk_size)
     results, t0 = {}, time.perf_counter()
@@ -108,9 +117,16 @@ def publish(cfg: EvaluateConfig, tasks: list[TaskMeta], expected: list[TaskMeta]
         rate = sum(r["gen_fallback_rate"] * r["num_queries"] for r in results.values()) / n
         notes.append(f"gen mode: {100 * rate:.1f}% of queries generated no <gen_emb> (fallback state used); "
                      f"max_new_tokens={cfg.max_new_tokens}, greedy")
+        for warning in fallback_warnings(results, cfg.gen_fallback_warn_rate, cfg.max_new_tokens):
+            log.warning("gen fallback: %s", warning)
+            notes.append(f"**WARNING** (gen fallback) {warning}")
     notes.append(f"embedding calls: {stats['embedding_calls']} for {stats['embedding_requests']} requests "
                  f"({stats['cache']['loaded_from_disk']} vectors reused from the cache at {stats['cache']['dir']})")
     report = markdown(tasks, expected, results, "Evaluation", notes)
+    comparison = None
+    if cfg.compare:
+        comparison = leaderboard.compare(leaderboard.load_published(cfg.compare), expected, results)
+        report += leaderboard.compare_markdown(comparison)
 
     per_query = {name: r.pop("per_query") for name, r in results.items()}
     summary = {"tasks": {t.name: {"meta": t.__dict__, **results[t.name]} for t in tasks},
@@ -120,6 +136,8 @@ def publish(cfg: EvaluateConfig, tasks: list[TaskMeta], expected: list[TaskMeta]
                "embedding_calls": stats["embedding_calls"], "cache": stats["cache"]}
     if "shards" in stats:
         summary["shards"] = stats["shards"]
+    if comparison:
+        summary["compare"] = comparison
     metrics = {"seconds": seconds, "embedding_calls": stats["embedding_calls"],
                "embedding_requests": stats["embedding_requests"]}
     if gap is not None:
@@ -144,10 +162,7 @@ def publish(cfg: EvaluateConfig, tasks: list[TaskMeta], expected: list[TaskMeta]
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "per_query.json", per_query)
         bar_plot(expected, results, tmp / "categories.png", f"{Path(cfg.model).name}: {cfg.tasks}")
-        for name, r in results.items():
-            for c, scores in r["scores"].items():
-                if "_" in c:  # a query-mode × target-mode pair
-                    write_json(tmp / "scores" / f"{name}_{c}_score.json", scores)
+        leaderboard.write_score_files(tmp, tasks, results, cfg.model, cfg.max_queries_per_task)
         write_json(tmp / "metrics.json", metrics)
         write_run_info(tmp, cfg, inputs={"model_fingerprint": stats["model_fingerprint"]})
     if log_to_mlflow:

@@ -45,8 +45,10 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
     from umeflow.train.sft import (TimeBudget, UmeSFTTrainer, apply_freezing, last_checkpoint, media_root_of,
                                    publish_final_model, training_arguments, unwrap)
+    from umeflow.model.vision import VisionSizing
     from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs, repeat_datasets
 
+    sizing = VisionSizing.from_settings(cfg)  # SFT pixel limits (UME-R1: 768 … 2,359,296; frames 3,136 … 25,088)
     torch.manual_seed(cfg.seed)
     data_dir = Path(cfg.data)
     sft_file = data_dir / "sft.jsonl"
@@ -72,7 +74,7 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     ckpt_dir = out / "checkpoints"
     trainer = UmeSFTTrainer(
         model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=SFTDataset(pairs),
-        data_collator=SFTCollator(backbone.processor, backbone.family.name), sft_cfg=cfg,
+        data_collator=SFTCollator(backbone.processor, backbone.family.name, sizing), sft_cfg=cfg,
         gen_id=backbone.gen_emb_id, disc_id=backbone.disc_emb_id,
         callbacks=([TimeBudget(cfg.max_minutes)] if cfg.max_minutes else []) + list(callbacks or []))
     resume = last_checkpoint(ckpt_dir) if cfg.resume else None

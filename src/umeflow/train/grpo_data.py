@@ -20,8 +20,9 @@ from PIL import Image
 
 from umeflow.data.schemas import load_records
 from umeflow.errors import UserError
-from umeflow.model.chat import blank_image, user_text
+from umeflow.model.chat import blank_image, rl_user_text
 from umeflow.model.items import strip_placeholders
+from umeflow.model.vision import to_rgb_on_white
 
 
 @dataclass(frozen=True)
@@ -119,18 +120,19 @@ def _open(side: RLSide) -> Image.Image:
     if side.image is None:
         return blank_image()
     with Image.open(side.image) as im:
-        return im.convert("RGB")
+        return to_rgb_on_white(im)
 
 
 def prompt_dataset(pairs: list[RLPair], prompt_text=None):
     """Interleaved (query, target) prompt rows as a ``datasets.Dataset`` for TRL's GRPOTrainer.
 
-    ``prompt_text(side, is_query, pair)`` gives the user text (UME-R1: instance text + ``<disc_emb>`` + generation
-    prompt; Embed-RL: the T-CoT instruction). Images are opened lazily, on access, by a dataset transform.
+    ``prompt_text(side, is_query, pair)`` gives the user text (UME-R1: its RL question template, instance text +
+    `` \\n<disc_emb>\\n`` + generation prompt; Embed-RL: the T-CoT instruction). Images are opened lazily, on access,
+    by a dataset transform, transparent pixels on white.
     """
     from datasets import Dataset
 
-    prompt_text = prompt_text or (lambda side, is_query, pair: user_text(side.text))
+    prompt_text = prompt_text or (lambda side, is_query, pair: rl_user_text(side.text))
     rows = []
     for n, pair in enumerate(pairs):
         for is_query, side in ((True, pair.query), (False, pair.target)):

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 # UME-R1's format check (qwen_module.py format_reward_embed), applied to the completion decoded with
-# skip_special_tokens=True (<gen_emb> survives: it is an ordinary added token). ``re.match``: anchored at the start.
+# skip_special_tokens=True (<gen_emb> survives: it is an ordinary added token). ``re.search``, as UME-R1 does: the
+# pattern may start anywhere, so a preamble before <think> still scores 1.
 UME_FORMAT = re.compile(r"<think>.*?</think>.*?\s*<answer>.*?\s*<gen_emb>", re.DOTALL)
 # Embed-RL's Traceability-CoT template: <thinking>…</thinking> then <rethink>…</rethink> then <answer>…</answer>.
 TCOT_FORMAT = re.compile(r"<thinking>(.*?)</thinking>.*?<rethink>.*?</rethink>.*?<answer>.*?</answer>", re.DOTALL)
@@ -29,7 +30,7 @@ CUE_KEYS = {"text": "text_keywords", "image": "bbox_2d", "video": "key_frames"}
 
 def ume_format_reward(texts: list[str]) -> list[float]:
     """1.0 where the completion matches UME-R1's ``<think>…</think>…<answer>…<gen_emb>`` pattern, else 0.0."""
-    return [1.0 if UME_FORMAT.match(t) else 0.0 for t in texts]
+    return [1.0 if UME_FORMAT.search(t) else 0.0 for t in texts]
 
 
 def first_json_object(text: str) -> dict | None:

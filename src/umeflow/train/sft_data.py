@@ -1,10 +1,12 @@
 """UME-R1 SFT records → (query item + response, target item + response) pairs, and their collated batches.
 
 A record (method.md §1.5) holds ``qry`` and ``pos``, each with a human turn (``<image>`` placeholder, instance text,
-``\\n<disc_emb>\\n`` and the generation prompt) and a gpt turn (``<think>…</think><answer>…<gen_emb>``). We parse the
-human turn back into an ``Item`` and render it with the same chat code the Embedder uses (media first, exact
-prompt), so training and evaluation inputs cannot drift apart. The response is supervised with ``<|im_end|>\\n``
-appended, as UME-R1's label mask does (method.md §4.6).
+``\\n<disc_emb>\\n`` and the generation prompt) and a gpt turn (``<think>…</think><answer>…<gen_emb>``). The human
+turn is rendered as written, each ``<image>``/``<video>`` replaced by its media in place, as UME-R1's SFT does
+(``<image>\\n…`` keeps the newline after the image, which evaluation's layout does not have); the parsed ``Item``
+(instance text and media) identifies the side. Pixels are sized with the SFT limits (``VisionSizing``: UME-R1 768 …
+2,359,296 per image, 3,136 … 25,088 per video frame). The response is supervised with ``<|im_end|>\\n`` appended, as
+UME-R1's label mask does (method.md §4.6).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from umeflow.errors import RecordError, UserError
 from umeflow.model.chat import DISC_EMB, GENERATION_PROMPT
 from umeflow.model.inputs import build_batch
 from umeflow.model.items import Item, strip_placeholders
+from umeflow.model.vision import SFT_VIDEO_MAX_FRAME_PIXELS, SFT_VIDEO_MIN_FRAME_PIXELS, VisionSizing
 
 END_OF_TURN = "<|im_end|>\n"
 
@@ -33,6 +36,8 @@ class SFTPair:
     target_response: str
     dataset: str
     target_key: str  # content key of the target side: equal keys are duplicates (false negatives in a batch)
+    query_turn: str  # the human turns as written in the record (<image>/<video> where the media go)
+    target_turn: str
 
 
 def _instance_text(human: str) -> str:
@@ -46,7 +51,8 @@ def _instance_text(human: str) -> str:
     return strip_placeholders(text)
 
 
-def _side(rec: dict, key: str, media_root: Path, path: Path) -> tuple[Item, str]:
+def _side(rec: dict, key: str, media_root: Path, path: Path) -> tuple[Item, str, str]:
+    """(item, human turn as written, supervised response) of one side."""
     side = rec[key]
     conv = side["conversations"]
     human = next(t["value"] for t in conv if t["from"] == "human")
@@ -56,9 +62,14 @@ def _side(rec: dict, key: str, media_root: Path, path: Path) -> tuple[Item, str]
     images = side.get("image") or []
     images = [images] if isinstance(images, str) else images
     video = side.get("video") or None
+    placeholders = (human.count("<image>"), human.count("<video>"))
+    if placeholders != (len(images), 1 if video else 0):
+        raise RecordError(path, rec.get("_line"), f"{key}.conversations",
+                          f"the human turn has {placeholders[0]} <image> and {placeholders[1]} <video> placeholders "
+                          f"but the side lists {len(images)} images and {1 if video else 0} videos")
     item = Item(_instance_text(human), images=tuple(media_root / p for p in images),
                 video=tuple(media_root / p for p in video) if video else None)
-    return item, gpt.strip() + END_OF_TURN
+    return item, human, gpt.strip() + END_OF_TURN
 
 
 def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str = "error"):
@@ -68,13 +79,13 @@ def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str 
     pairs = []
     for rec in records:
         try:
-            q, qr = _side(rec, "qry", media_root, path)
-            t, tr = _side(rec, "pos", media_root, path)
+            q, q_turn, qr = _side(rec, "qry", media_root, path)
+            t, t_turn, tr = _side(rec, "pos", media_root, path)
         except RecordError as e:
             counter.handle(e)
             continue
         key = hashlib.sha256(repr((t.text, [str(p) for p in t.images], tr)).encode()).hexdigest()[:16]
-        pairs.append(SFTPair(q, qr, t, tr, rec.get("dataset_name", ""), key))
+        pairs.append(SFTPair(q, qr, t, tr, rec.get("dataset_name", ""), key, query_turn=q_turn, target_turn=t_turn))
     return pairs, counter
 
 
@@ -150,12 +161,15 @@ class SFTCollator:
     """Collates pairs into ``{"query": batch, "target": batch, "target_keys": [...]}``; each side is a left-padded
     model batch with a ``completion_mask`` marking the supervised response tokens."""
 
-    def __init__(self, processor, family_name: str = "qwen2_vl"):
+    def __init__(self, processor, family_name: str = "qwen2_vl", sizing: VisionSizing | None = None):
         self.processor, self.family_name = processor, family_name
+        # default: the checkpoint's image limits, UME-R1's SFT per-frame limits (what SFTConfig defaults to)
+        self.sizing = sizing or VisionSizing(video_min_frame_pixels=SFT_VIDEO_MIN_FRAME_PIXELS,
+                                             video_max_frame_pixels=SFT_VIDEO_MAX_FRAME_PIXELS)
 
     def __call__(self, pairs: list[SFTPair]) -> dict:
         query = build_batch(self.processor, [p.query for p in pairs], [p.query_response for p in pairs],
-                            self.family_name)
+                            self.family_name, self.sizing, [p.query_turn for p in pairs])
         target = build_batch(self.processor, [p.target for p in pairs], [p.target_response for p in pairs],
-                             self.family_name)
+                             self.family_name, self.sizing, [p.target_turn for p in pairs])
         return {"query": query, "target": target, "target_keys": [p.target_key for p in pairs]}
