@@ -107,6 +107,7 @@ def test_push_and_pull_through_the_projects_s3_remote_mocked_by_moto(tmp_path, m
     assert failed.returncode != 0
 
 
+@pytest.mark.slow  # ~150 s on 2 cores; `make test-all` runs it. The fast tests above check the stages and the DAG
 def test_dvc_repro_runs_the_whole_pipeline_then_only_what_changed(tmp_path, assets_dir):
     """`dvc repro` in a copy of the checkout on the minimal recipe: every stage runs and is locked, a second repro
     runs nothing, and changing one evaluate key reruns evaluate and register only."""

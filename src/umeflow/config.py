@@ -105,6 +105,7 @@ class EmbedConfig:
     qwen_vl_utils_resize: bool = False
     video_min_frame_pixels: int = 0  # 0 = frames sized like images
     video_max_frame_pixels: int = 0
+    disc_readout: str = "disc_emb"  # as in `evaluate`
 
 
 @dataclass
@@ -138,6 +139,9 @@ class EvaluateConfig:
     qwen_vl_utils_resize: bool = False
     video_min_frame_pixels: int = 0  # 0 = frames sized like images
     video_max_frame_pixels: int = 0
+    # where the disc embedding is read: "disc_emb" (the <disc_emb> token: what SFT trains, UME-R1's README) or
+    # "next_token" (the token after it: what UME-R1's eval_twomode.py reads, behind its published disc/oracle numbers)
+    disc_readout: str = "disc_emb"
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Disc and gen embeddings, batched (method.md §1.4, §4.1, §4.2).
 
-disc: one left-padded forward; the last-layer state at the last ``<disc_emb>`` of each prompt.
+disc: one left-padded forward; the last-layer state at the last ``<disc_emb>`` of each prompt (``disc_readout
+      "disc_emb"``: the position SFT trains and UME-R1's README reads), or at the token right after it
+      (``"next_token"``: what UME-R1's evaluation reads, because its eval_twomode.py:142-146 reuses the gen-mode
+      ``get_embedding_idx``, which returns j+1, on the prompt ids; its published disc and oracle numbers come from
+      there).
 
 gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation does, until every row has emitted EOS
       (``<|im_end|>`` or the checkpoint's EOS ids) or ``max_new_tokens`` tokens. A forward hook on the language
@@ -38,6 +42,9 @@ from umeflow.model.items import Encoded, Item
 from umeflow.model.vision import VisionSizing
 
 log = logging.getLogger(__name__)
+
+# Where the disc embedding is read: positions after the last <disc_emb> (module docstring).
+DISC_READOUTS = {"disc_emb": 0, "next_token": 1}
 
 
 class LastStateRecorder:
@@ -79,9 +86,12 @@ class Embedder:
     """``Embedder(model_dir).encode(items, mode="disc"|"gen", ...)`` → ``Encoded`` (L2-normalised float32)."""
 
     def __init__(self, model: str | os.PathLike | Backbone, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 sizing: VisionSizing | None = None):
+                 sizing: VisionSizing | None = None, disc_readout: str = "disc_emb"):
+        if disc_readout not in DISC_READOUTS:
+            raise UserError(f"disc_readout must be one of {sorted(DISC_READOUTS)}, got {disc_readout!r}")
         self.backbone = model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype, device=device)
         self.sizing = sizing or VisionSizing()  # pixel limits (default: the checkpoint's; frames like images)
+        self.disc_offset = DISC_READOUTS[disc_readout]  # positions after the last <disc_emb> (module docstring)
         self.model = self.backbone.model
         self.processor = self.backbone.processor
         self.tokenizer = self.backbone.tokenizer
@@ -134,7 +144,7 @@ class Embedder:
                           total=math.ceil(len(items) / batch_size), leave=False):
             batch = self.batch(items[start:start + batch_size])
             hs = language_states(self.model, batch)
-            out.append(_normalise(gather_last(hs, batch["input_ids"], self.backbone.disc_emb_id)))
+            out.append(_normalise(gather_last(hs, batch["input_ids"], self.backbone.disc_emb_id, self.disc_offset)))
         return Encoded(embeddings=np.concatenate(out), stats={"mode": "disc", "num_items": len(items)})
 
     # ---------------------------------------------------------------- gen
@@ -179,7 +189,8 @@ class Embedder:
         finally:
             handle.remove()
         steps = torch.stack(recorder.steps, dim=1)  # (B, S, D); S = number of forward calls
-        disc = _normalise(gather_last(recorder.prefill, batch["input_ids"], self.backbone.disc_emb_id))
+        disc = _normalise(gather_last(recorder.prefill, batch["input_ids"], self.backbone.disc_emb_id,
+                                      self.disc_offset))
         generated = sequences[:, prompt_len:].cpu()
         rows, texts, fallback, own_ids = [], [], [], []
         for b in range(generated.shape[0]):
@@ -208,11 +219,14 @@ def language_states(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.last_hidden_state
 
 
-def gather_last(states: torch.Tensor, input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
-    """``states[b, last position of token_id in input_ids[b]]``; every row must contain the token."""
+def gather_last(states: torch.Tensor, input_ids: torch.Tensor, token_id: int, offset: int = 0) -> torch.Tensor:
+    """``states[b, last position of token_id in input_ids[b] + offset]``; every row must contain the token (and,
+    with an offset, that many tokens after it)."""
     hit = input_ids == token_id
     if not bool(hit.any(dim=1).all()):
         missing = (~hit.any(dim=1)).nonzero().flatten().tolist()
         raise UserError(f"rows {missing} contain no token id {token_id}; the prompt format is broken")
-    pos = hit.shape[1] - 1 - hit.flip(1).float().argmax(dim=1)
+    pos = hit.shape[1] - 1 - hit.flip(1).float().argmax(dim=1) + offset
+    if bool((pos >= hit.shape[1]).any()):
+        raise UserError(f"token id {token_id} is the last token of a row; nothing follows it to read at +{offset}")
     return states[torch.arange(states.shape[0], device=states.device), pos]

@@ -176,7 +176,8 @@ class EmbeddingModel(PythonModel):
         if context is not None and context.model_config:
             self._settings = {**self._settings, **context.model_config}
         device = self._settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.embedder = Embedder(checkpoint, device=device, sizing=VisionSizing.from_settings(self._settings))
+        self.embedder = Embedder(checkpoint, device=device, sizing=VisionSizing.from_settings(self._settings),
+                                 disc_readout=self._settings.get("disc_readout", "disc_emb"))
 
     # pd.DataFrame: MLflow takes the explicit signature logged with the model and does no type-hint inference
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:

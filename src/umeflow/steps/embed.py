@@ -63,7 +63,8 @@ def run(cfg: EmbedConfig) -> dict:
     out = Path(cfg.out)
     stem = out.with_suffix("") if out.suffix == ".npy" else out
     t0 = time.perf_counter()
-    embedder = Embedder(cfg.model, sizing=VisionSizing.from_settings(cfg))  # pixels as `evaluate` sizes them
+    embedder = Embedder(cfg.model, sizing=VisionSizing.from_settings(cfg),  # pixels and disc read-out as `evaluate`
+                        disc_readout=cfg.disc_readout)
     enc = embedder.encode(items, mode=cfg.mode, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                           do_sample=cfg.do_sample, temperature=cfg.temperature, num_samples=cfg.num_samples,
                           seed=cfg.seed)

@@ -83,11 +83,13 @@ def run(cfg: EvaluateConfig, log_to_mlflow: bool = True) -> dict:
     expected = expected_tasks(cfg.data_root, cfg.tasks)
     fingerprint = model_fingerprint(cfg.model)
     sizing = VisionSizing.from_settings(cfg)
-    cache = EmbeddingCache(cfg.cache_dir or None, fingerprint, inputs=sizing.tag())
+    # vectors of other pixel settings or another disc read-out are other vectors: a cache folder of their own
+    inputs = sizing.tag() + ("" if cfg.disc_readout == "disc_emb" else f"-disc-{cfg.disc_readout}")
+    cache = EmbeddingCache(cfg.cache_dir or None, fingerprint, inputs=inputs)
     cache.write_info(cfg.model)
-    store = EmbeddingStore(Embedder(cfg.model, sizing=sizing), cache=cache, batch_size=cfg.batch_size,
-                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                           chunk_size=cfg.cache_chunk_size)
+    embedder = Embedder(cfg.model, sizing=sizing, disc_readout=cfg.disc_readout)
+    store = EmbeddingStore(embedder, cache=cache, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, chunk_size=cfg.cache_chunk_size)
     results, t0 = {}, time.perf_counter()
     for task in tqdm(tasks, desc=f"evaluate ({cfg.mode})", unit="task"):
         r = evaluate_task(task, cfg.data_root, store, modes, cfg.max_queries_per_task, cfg.seed, cfg.pass_k)

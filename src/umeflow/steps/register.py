@@ -1,7 +1,9 @@
 """``umeflow register``: a checkpoint and its evaluation become a model version with alias ``challenger``.
 
 1. Checks the checkpoint (safetensors, tokenizer, processor), the evaluate output, and that the evaluation scored
-   this checkpoint (model fingerprint, else path; ``check_eval_model``); embeds one text with the pyfunc.
+   this checkpoint (model fingerprint, else path; ``check_eval_model``); embeds one text with the pyfunc. The
+   pyfunc embeds as the evaluation did: its pixel sizing and disc read-out (``EVAL_INPUT_KEYS`` of the evaluation's
+   ``run_info.json`` config) join the serving settings.
 2. In the step's MLflow run (``step_run``: child of the pipeline run, lineage tags): logs the pyfunc
    (``umeflow.registry.pyfunc``), the evaluation files and aggregates, and the model card ``model_card.md``.
 3. Registers a version of ``model_name`` with tags: lineage (``lineage.*``), the training run
@@ -33,6 +35,17 @@ def _settings(cfg: RegisterConfig) -> dict:
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
         raise UserError("register.max_new_tokens and register.batch_size must be ≥ 1")
     return {"mode": cfg.default_mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+
+
+# How the evaluation fed the model (pixel sizing, disc read-out): the served model embeds the same way, so what it
+# serves is what was scored.
+EVAL_INPUT_KEYS = ("min_pixels", "max_pixels", "qwen_vl_utils_resize", "video_min_frame_pixels",
+                   "video_max_frame_pixels", "disc_readout")
+
+
+def _eval_input_settings(ev) -> dict:
+    config = ev.run_info.get("config") or {}
+    return {k: config[k] for k in EVAL_INPUT_KEYS if k in config}
 
 
 def _check_eval_matches(checkpoint: Path, ev) -> None:
@@ -91,9 +104,9 @@ def run(cfg: RegisterConfig) -> dict:
 
     validate_model_name(cfg.model_name, "register.model_name")
     validate_alias(cfg.alias, "register.alias")
-    settings = _settings(cfg)
     checkpoint = validate_checkpoint(cfg.model)
     ev = read_eval_dir(cfg.eval_dir)
+    settings = {**_settings(cfg), **_eval_input_settings(ev)}
     if cfg.check_eval_model:
         _check_eval_matches(checkpoint, ev)
     if cfg.smoke_test:

@@ -8,7 +8,9 @@ only what the reward needs:
   generated at completion position j is the one computed at step j+1 (method.md §4.1) — so the reward's embeddings
   come from the rollout itself, with no second forward pass over prompt + completion. With vLLM (no hook into its
   engine) or ``embedding_source: forward`` the states come from one teacher-forced forward instead; the benchmark
-  ``benchmarks/grpo_step.py`` times both, and a test shows they agree.
+  ``benchmarks/grpo_step.py`` times both, and a test shows they agree. A rollout that ends on ``<gen_emb>`` exactly
+  at ``max_completion_length`` never fed that token; a step with such rows reads them from the forward pass too
+  (``unfed_gen_emb_rows``), as UME-R1 reads every row teacher-forced.
 * Reward callables with TRL's reward-function signature. They read the states of the current generation batch,
   gather them (and the pair/side tags) across processes, score every rollout against the other side's rollouts and
   return the local rows. TRL weights, sums, group-normalises and logs each part (``rewards/<name>/mean``).
@@ -66,6 +68,14 @@ def _row_positions(ids: list[int], gen_id: int) -> tuple[int, bool]:
     if hits:
         return hits[-1] + 1, False
     return max(len(ids) - 1, 0), True
+
+
+def unfed_gen_emb_rows(num_steps: int, completion_ids: list[list[int]], gen_id: int) -> list[int]:
+    """Rows whose last ``<gen_emb>`` is the final token of the longest rollout (the budget ran out right after it):
+    generation never fed it, so its state was not recorded. UME-R1 reads the reward embedding teacher-forced, over
+    prompt + completion, where that state exists (grpo_trainer.py:575-605), so these rows take the forward path."""
+    return [b for b, ids in enumerate(completion_ids)
+            if not _row_positions(ids, gen_id)[1] and _row_positions(ids, gen_id)[0] >= num_steps]
 
 
 def states_from_steps(steps: list[torch.Tensor], completion_ids: list[list[int]], gen_id: int
@@ -145,6 +155,14 @@ class UmeGRPOTrainer(GRPOTrainer):
         if recorder is not None:
             states, fallback = states_from_steps(recorder.steps, completion_ids, self.gen_emb_id)
             source = "generation"
+            unfed = unfed_gen_emb_rows(len(recorder.steps), completion_ids, self.gen_emb_id)
+            if unfed:  # rare: a rollout ended on <gen_emb> at max_completion_length; read it as UME-R1 does
+                forward, forward_fallback = teacher_forced_states(
+                    module, prompt_ids, completion_ids, multimodal_fields, self.gen_emb_id,
+                    self._tokenizer.pad_token_id, self._image_pad_token_id)
+                states[unfed] = forward[unfed].to(states.dtype)
+                fallback[unfed] = forward_fallback[unfed]
+                source = "generation+forward"
         else:
             states, fallback = teacher_forced_states(
                 module, prompt_ids, completion_ids, multimodal_fields, self.gen_emb_id,
