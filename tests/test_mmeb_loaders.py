@@ -168,6 +168,16 @@ def test_video_qa_ranks_the_options(root):
     assert len(data.queries[0].video) == 8
 
 
+def test_several_positive_clips_are_all_labels_and_said_so(root, caplog):
+    video = root / MRET / "QVHighlight/RoripwjYFp8_60.0_210.0"
+    shutil.copytree(video / "positive_0", video / "positive_1")
+    with caplog.at_level("WARNING"):
+        data = _load(root, "QVHighlight")
+    rel = f"{MRET}/QVHighlight/RoripwjYFp8_60.0_210.0"
+    assert sorted(data.labels[0]) == [f"{rel}/positive_0", f"{rel}/positive_1"]
+    assert "2 positive* clip folders" in caplog.text and "VLM2Vec" in caplog.text
+
+
 def test_moment_retrieval_uses_clip_folders(root):
     data = _load(root, "QVHighlight")
     video = f"{MRET}/QVHighlight/RoripwjYFp8_60.0_210.0"
@@ -225,6 +235,12 @@ def _drop_key(rows, index, key):
     rows[index] = json.dumps(rec)
 
 
+def _set_key(rows, index, key, value):
+    rec = json.loads(rows[index])
+    rec[key] = value
+    rows[index] = json.dumps(rec)
+
+
 BAD_INPUTS = {
     "malformed line": ("MSR-VTT", "video-tasks/MSR-VTT.jsonl",
                        lambda r: _rewrite_jsonl(r / "video-tasks/MSR-VTT.jsonl",
@@ -240,6 +256,13 @@ BAD_INPUTS = {
     "positive not in options": ("SmthSmthV2", "video-tasks/SmthSmthV2.jsonl",
                                 lambda r: write_jsonl(r / "video-tasks/SmthSmthV2.jsonl", [
                                     {"video_id": 74225, "pos_text": "x", "neg_text": ["a", "b"]}]), 1, "neg_text"),
+    "instruction not a string": ("OK-VQA", "image-tasks/OK-VQA.jsonl",
+                                 lambda r: _rewrite_jsonl(r / "image-tasks/OK-VQA.jsonl",
+                                                          lambda rows: _set_key(rows, 0, "qry_inst", 5)), 1, "qry_inst"),
+    "target instruction not a string": ("VisDial", "image-tasks/VisDial.jsonl",
+                                        lambda r: _rewrite_jsonl(r / "image-tasks/VisDial.jsonl",
+                                                                 lambda rows: _set_key(rows, 0, "tgt_inst", 7)),
+                                        1, "tgt_inst"),
     "missing target image": ("VisDial", "image-tasks/VisDial.jsonl",
                              lambda r: (r / "image-tasks/images/dog.png").unlink(), 1, "tgt_img_path"),
     "parquet null targets": ("ImageNet-1K", "image-tasks/ImageNet-1K.parquet",

@@ -21,8 +21,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 import tarfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,11 @@ from PIL import Image
 from umeflow.cli import main
 from umeflow.data import mmeb_hub, mmeb_v2_download
 from umeflow.data.mmeb_hub import MVBENCH_CONFIGS, download_plan
-from umeflow.data.mmeb_v2_download import MANIFEST, convert
-from umeflow.errors import UserError
+from umeflow.data.mmeb_v2_download import FORMAT, MANIFEST, convert
+from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.mmeb_v2 import mmeb_v2_task
 from umeflow.evaluate.tasks import load_task
-from umeflow.io import sha256_file
+from umeflow.io import iter_parquet_rows, sha256_file
 
 ALL = ",".join(HUB_TASKS.values())
 QVH = "video-tasks/frames/video_mret/QVHighlight/RoripwjYFp8_60.0_210.0"
@@ -267,6 +269,66 @@ def test_a_killed_run_leaves_no_task_looking_complete(hub, tmp_path, monkeypatch
     assert len(load_task(mmeb_v2_task("MVBench"), out).queries) == len(MVBENCH_CONFIGS)
 
 
+def _media_summary(out: Path, dest: str, annotations: set[Path]) -> dict:
+    """The media files under ``out/dest`` (annotation files beside them left out) as the manifest summarises them:
+    count, bytes and a sha256 over each file's relative path and sha256, in path order."""
+    digest, count, size = hashlib.sha256(), 0, 0
+    for path in sorted(p for p in (out / dest).rglob("*") if p.is_file() and p not in annotations):
+        digest.update(f"{path.relative_to(out / dest).as_posix()}\0{sha256_file(path)}\n".encode())
+        count, size = count + 1, size + path.stat().st_size
+    return {"files": count, "bytes": size, "sha256": digest.hexdigest()}
+
+
+def test_a_reconversion_removes_what_the_new_download_dropped(hub, tmp_path):
+    out, chart = tmp_path / "out", "VisRAG_ChartQA"
+    convert(hub, out, f"ImageNet-1K,K700,{chart}")
+    old_page = out / "visdoc-tasks" / chart / f"chart_1_{hashlib.md5(b'chart_1.png').hexdigest()[:8]}.png"
+    assert (out / "image-tasks/Unused/x.png").is_file() and (out / "video-tasks/frames/video_cls/K700/k3").is_dir()
+    assert old_page.is_file()
+    (out / "image-tasks/notes.txt").write_text("the user's, not the archive's")
+    # a new download: each archive and the corpus lose an item
+    targz(hub / MEDIA / "image-tasks/mmeb_v1.tar.gz", {f"MMEB/ImageNet-1K/q{i}.png": png() for i in range(5)})
+    targz(hub / MEDIA / "video-tasks/frames/video_cls.tar.gz", {**frames("K700/k1"), **frames("K700/k2")})
+    shards(hub / "openbmb/VisRAG-Ret-Test-ChartQA", "corpus", "train", [
+        {"corpus-id": "chart_2.png", "image": {"bytes": png((2, 2, 2)), "path": None}}])
+    manifest = convert(hub, out, f"ImageNet-1K,K700,{chart}")
+    assert sorted(p.name for p in (out / "image-tasks").iterdir()) == [
+        "ImageNet-1K", "ImageNet-1K.parquet", "notes.txt"]  # the annotation file beside the media stays
+    assert sorted(p.name for p in (out / "video-tasks/frames/video_cls/K700").iterdir()) == ["k1", "k2"]
+    assert not old_page.exists()
+    assert sorted(p.name for p in (out / "visdoc-tasks" / chart).glob("*.parquet")) == [
+        "corpus.parquet", "qrels.parquet", "queries.parquet"]
+    # the manifest describes the tree that is there (what `dvc add` versions)
+    annotations = {out / rel for task in manifest["tasks"].values() for rel in task["files"]}
+    annotations.add(out / "image-tasks/notes.txt")
+    for dest, entry in manifest["media"].items():
+        assert {k: entry[k] for k in ("files", "bytes", "sha256")} == _media_summary(out, dest, annotations), dest
+    assert manifest["media"]["image-tasks"]["files"] == 5
+    assert json.loads((out / MANIFEST).read_text()) == manifest
+
+
+def test_a_killed_reinstall_still_knows_what_it_put_in_place(hub, tmp_path, monkeypatch):
+    out, dest = tmp_path / "out", "video-tasks/frames/video_cls/K700"
+    archive = hub / MEDIA / "video-tasks/frames/video_cls.tar.gz"
+    convert(hub, out, "K700")
+    targz(archive, {**frames("K700/k1"), **frames("K700/k4")})
+    real = mmeb_v2_download.write_json
+
+    def killed_before_recording_the_install(path, manifest):
+        if manifest["media"][dest]["sources"]:  # the new folders are in place, the manifest not yet written
+            raise KeyboardInterrupt
+        real(path, manifest)
+
+    monkeypatch.setattr(mmeb_v2_download, "write_json", killed_before_recording_the_install)
+    with pytest.raises(KeyboardInterrupt):
+        convert(hub, out, "K700")
+    assert (out / dest / "k4").is_dir()
+    monkeypatch.setattr(mmeb_v2_download, "write_json", real)
+    targz(archive, {**frames("K700/k1"), **frames("K700/k2")})
+    manifest = convert(hub, out, "K700")
+    assert sorted(p.name for p in (out / dest).iterdir()) == manifest["media"][dest]["entries"] == ["k1", "k2"]
+
+
 # ---------------------------------------------------------------------------------------------- bad inputs
 
 def _drop(path: Path) -> None:
@@ -297,6 +359,9 @@ BAD_DOWNLOADS = {
     "unsupported format": (lambda hub: (hub / "VLM2Vec/ActivityNetQA/data/test-00000-of-00001.parquet").rename(
         hub / "VLM2Vec/ActivityNetQA/data/test-00000-of-00001.csv"), "ActivityNetQA",
         ["VLM2Vec/ActivityNetQA config default split test:", "is neither .parquet nor .jsonl"]),
+    "corrupt corpus shard": (lambda hub: (hub / "openbmb/VisRAG-Ret-Test-ChartQA/corpus/train-00000-of-00001.parquet"
+                                          ).write_bytes(b"PAR1 not really"), "VisRAG_ChartQA",
+                             ["corpus/train-00000-of-00001.parquet:", "unreadable parquet file"]),
     "corrupt corpus page": (lambda hub: shards(hub / "openbmb/VisRAG-Ret-Test-ChartQA", "corpus", "train", [
         {"corpus-id": "c.png", "image": {"bytes": b"not an image", "path": None}}]), "VisRAG_ChartQA",
         ["corpus/train-00000-of-00001.parquet:1: field 'image' not a readable image"]),
@@ -330,17 +395,81 @@ def _symlink(name: str, target: str) -> tarfile.TarInfo:
     return info
 
 
-@pytest.mark.parametrize("member", [tarfile.TarInfo("K700/../../../escaped.txt"), tarfile.TarInfo("/tmp/abs.txt"),
-                                    _symlink("K700/k1/link.jpg", "/etc/passwd")], ids=["dotdot", "absolute", "symlink"])
-def test_tar_member_escaping_the_output_is_refused(hub, tmp_path, capsys, member):
+def _hardlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.LNKTYPE, target
+    return info
+
+
+# a name no other file has: a leftover of another run or another process cannot make the test pass or fail
+ABSOLUTE = f"/tmp/umeflow-test-{uuid.uuid4().hex}.txt"
+ESCAPING = {
+    "dotdot": (tarfile.TarInfo("K700/../../../escaped.txt"), "refusing unsafe member"),
+    "absolute": (tarfile.TarInfo(ABSOLUTE), "refusing unsafe member"),
+    "symlink": (_symlink("K700/k1/link.jpg", "/etc/passwd"), "refusing unsafe member"),
+    # inside the archive (and the scratch folder) but outside K700's folder, the destination it is extracted to
+    "sibling symlink": (_symlink("K700/k1/link.jpg", "../../HMDB51/h1/0000.jpg"), "refusing unsafe member"),
+    "hard link": (_hardlink("K700/k1/same.jpg", "K700/k1/0000.jpg"), "is a hard link"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ESCAPING))
+def test_tar_member_escaping_the_output_is_refused(hub, tmp_path, capsys, case):
+    member, reason = ESCAPING[case]
     _archive_with(hub / MEDIA / "video-tasks/frames/video_cls.tar.gz", member)
     out = tmp_path / "out"
     rc = main(["data", "mmeb-v2", "--hub-dir", str(hub), "--out", str(out), "--tasks", "K700"])
     line = _error_line(capsys)
-    assert rc == 2 and f"refusing unsafe member {member.name!r}" in line, line
-    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/abs.txt").exists()
+    assert rc == 2 and "video_cls.tar.gz" in line and f"member {member.name!r}" in line and reason in line, line
+    assert "corrupt" not in line
+    assert not (tmp_path / "escaped.txt").exists() and not Path(ABSOLUTE).exists()
     assert not (out / "video-tasks/frames/video_cls/K700").exists()  # nothing installed from the archive
     assert not (out / MANIFEST).exists() or "K700" not in json.loads((out / MANIFEST).read_text())["tasks"]
+
+
+BAD_MANIFESTS = {
+    "not an object": ([], "expected a JSON object"),
+    "no tasks": ({"format": FORMAT, "media": {}}, "field 'tasks'"),
+    "media a list": ({"format": FORMAT, "tasks": {}, "media": []}, "field 'media'"),
+    "task not an object": ({"format": FORMAT, "tasks": {"K700": []}, "media": {}}, "field 'tasks.K700'"),
+    "task without files": ({"format": FORMAT, "tasks": {"K700": {"sources": {}}}, "media": {}},
+                           "field 'tasks.K700.files'"),
+    "file without sha256": ({"format": FORMAT, "tasks": {"K700": {"sources": {}, "files": {"a.parquet": {}}}},
+                             "media": {}}, "field 'tasks.K700.files'"),
+    "media without entries": ({"format": FORMAT, "tasks": {}, "media": {"image-tasks": {"sources": {}}}},
+                              "field 'media.image-tasks.entries'"),
+    "entry leaving its folder": ({"format": FORMAT, "tasks": {}, "media": {
+        "image-tasks": {"sources": {}, "entries": ["../video-tasks"]}}}, "field 'media.image-tasks.entries'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
+def test_malformed_manifest_is_one_line_naming_file_and_field(hub, tmp_path, capsys, case):
+    manifest, expected = BAD_MANIFESTS[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    rc = main(["data", "mmeb-v2", "--hub-dir", str(hub), "--out", str(out), "--tasks", "K700"])
+    line = _error_line(capsys)
+    assert rc == 2 and str(out / MANIFEST) in line and expected in line, line
+    assert not (out / "video-tasks").exists()
+
+
+def test_verify_warns_once_about_a_query_count(hub, tmp_path, caplog):
+    assert mmeb_v2_task("K700").num_queries != len(K700_ROWS)  # the fixture is smaller than the published task
+    with caplog.at_level(logging.WARNING):
+        convert(hub, tmp_path / "out", "K700", verify=True)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING and "K700" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+
+
+def test_parquet_rows_stream_and_a_corrupt_file_is_one_line(tmp_path):
+    path = shards(tmp_path, "data", "test", [{"a": i} for i in range(5)])[0]
+    assert list(iter_parquet_rows(path, batch_size=2)) == [{"a": i} for i in range(5)]
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(RecordError, match="unreadable parquet file") as caught:
+        list(iter_parquet_rows(path, shown="s3://bucket/data/test.parquet"))
+    assert str(caught.value).startswith("s3://bucket/data/test.parquet:") and "\n" not in str(caught.value)
 
 
 def test_only_mmeb_v2_tasks_are_converted(hub, tmp_path):

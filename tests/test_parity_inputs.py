@@ -157,6 +157,8 @@ def test_rgba_is_composited_onto_white_exactly_as_qwen_vl_utils():
 
 
 def test_every_transparent_mode_is_white_in_the_embedder_the_data_build_and_rl(tmp_path):
+    # umeflow's choice, not a reference fact: qwen_vl_utils' to_rgb composites only RGBA, and UME-R1's SFT
+    # (data_qwen.py:241, convert("RGB")) drops alpha everywhere; umeflow puts LA and P on white too (issue #13).
     la = Image.new("LA", (4, 4), (0, 0))  # black, fully transparent
     p = Image.new("P", (4, 4), 0)
     p.putpalette([0, 0, 0] * 256)

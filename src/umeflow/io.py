@@ -79,6 +79,31 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         yield lineno, rec
 
 
+@contextlib.contextmanager
+def arrow_read_errors(shown: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Turn what pyarrow raises for a corrupt or truncated ``kind`` file (ArrowInvalid, ArrowIOError and other
+    types, depending on where it breaks) into one RecordError naming ``shown``, arrow's reason on one line."""
+    import pyarrow as pa
+
+    from umeflow.errors import RecordError
+
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        raise RecordError(shown, None, None, f"unreadable {kind} file: {' '.join(str(e).split())}") from None
+
+
+def iter_parquet_rows(path: str | os.PathLike, shown: str | os.PathLike | None = None,
+                      batch_size: int = 1024) -> Iterator[dict]:
+    """The rows of a parquet file as dicts, read batch by batch (a corpus of page images runs to gigabytes). A
+    corrupt file is a RecordError naming ``shown`` (default ``path``; e.g. the data-root name of a cached copy)."""
+    import pyarrow.parquet as pq
+
+    with arrow_read_errors(path if shown is None else shown, "parquet"), pq.ParquetFile(path) as parquet:
+        for batch in parquet.iter_batches(batch_size=batch_size):
+            yield from batch.to_pylist()
+
+
 def git_sha() -> str | None:
     """``UMEFLOW_GIT_SHA`` (set in images, which have no .git), else the checkout's HEAD."""
     if os.environ.get("UMEFLOW_GIT_SHA"):

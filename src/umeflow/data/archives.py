@@ -55,9 +55,10 @@ class _Parts(io.RawIOBase):
 def extract(parts: list[Path], route: Route, scratch: Path, shown: str) -> list[str]:
     """Extract the members of the gzip'd tar made of ``parts`` that ``route`` places; returns each part's sha256.
 
-    ``scratch`` is the folder every destination lies under; a member that would leave it is refused (UserError,
-    naming the archive and the member) before anything of it is written. Hard links cannot be followed in one
-    streaming pass and are refused too. A corrupt or truncated archive is a UserError naming it.
+    ``scratch`` is the folder every destination lies under. A member that would leave it, or (when extracted) the
+    destination ``route`` gives it, e.g. a link to a sibling folder, is refused (UserError naming the archive and
+    the member) before anything of it is written. Hard links cannot be followed in one streaming pass and are
+    refused too. A corrupt or truncated archive is a UserError naming it.
     """
     scratch.mkdir(parents=True, exist_ok=True)
     with tqdm(total=sum(p.stat().st_size for p in parts), unit="B", unit_scale=True, desc=shown, leave=False) as bar:
@@ -69,9 +70,13 @@ def extract(parts: list[Path], route: Route, scratch: Path, shown: str) -> list[
                         tar.members.clear()  # a streamed TarFile keeps every header; frame archives have millions
                         _check(member, scratch, shown)
                         target = route(member.name)
-                        if target is not None:
-                            dest, name = target
+                        if target is None:
+                            continue
+                        dest, name = target
+                        try:  # the data filter checks the member against the folder it really lands in
                             tar.extract(member.replace(name=name, deep=False), dest, filter="data")
+                        except tarfile.FilterError as e:  # e.g. a link to a sibling folder of the archive
+                            raise _unsafe(shown, member, e) from None
                 # read on to the gzip trailer: its CRC and length check the whole archive, and every byte is hashed
                 while unzipped.read(1 << 20):
                     pass
@@ -84,6 +89,8 @@ def extract(parts: list[Path], route: Route, scratch: Path, shown: str) -> list[
 
 
 def _check(member: tarfile.TarInfo, scratch: Path, shown: str) -> None:
+    """Every member, extracted or not, must be safe within the archive's scratch folder: an archive carrying an
+    absolute path or a ``..`` escape is refused whole."""
     if member.islnk():
         raise UserError(f"{shown}: member {member.name!r} is a hard link, which a streamed extraction cannot follow")
     try:
@@ -91,4 +98,9 @@ def _check(member: tarfile.TarInfo, scratch: Path, shown: str) -> None:
             raise tarfile.AbsolutePathError(member)
         tarfile.data_filter(member, str(scratch))
     except tarfile.FilterError as e:
-        raise UserError(f"{shown}: refusing unsafe member {member.name!r}: {e}") from None
+        raise _unsafe(shown, member, e) from None
+
+
+def _unsafe(shown: str, member: tarfile.TarInfo, e: tarfile.FilterError) -> UserError:
+    reason = " ".join(str(e).split())
+    return UserError(f"{shown}: refusing unsafe member {member.name!r}: {reason}")

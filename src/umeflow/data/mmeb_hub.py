@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.tasks import TaskMeta
-from umeflow.io import sha256_file, write_json
+from umeflow.io import arrow_read_errors, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +191,11 @@ class HubDir:
 
 
 def _read_one(path: Path) -> pa.Table:
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
 
-            return pq.read_table(path)
-        import pyarrow.json as pj
-
-        return pj.read_json(path)
-    except (pa.ArrowException, OSError) as e:  # a truncated or corrupt file raises one of several arrow types
-        reason = " ".join(str(e).split())  # one line, whatever arrow says
-        raise RecordError(path, None, None, f"unreadable {path.suffix[1:]} file: {reason}") from None
+    with arrow_read_errors(path, path.suffix[1:]):
+        return pq.read_table(path) if path.suffix == ".parquet" else pj.read_json(path)
 
 
 def _shard_sets(files: list[Path]) -> dict[int, tuple[set[int], Path]]:

@@ -17,7 +17,9 @@ Output, ``--out DIR``; every destination comes from the task registry (``TaskMet
           name VLM2Vec caches it under (``<corpus-id>.png``; VisRAG: a shortened id), byte for byte when already in
           that format, the corpus ``image`` column holding the name;
 - ``manifest.json``: per task its files (rows, bytes, sha256), its media folders and the hub files read; per media
-  folder its file count, bytes, a sha256 over every file's path and sha256, and the archive parts (bytes, sha256).
+  folder its file count, bytes, a sha256 over every file's path and sha256, the archive parts (bytes, sha256) and
+  the names it put in the folder (``entries``: what a reconversion removes when the new download lacks them; the
+  annotation files beside the media in ``image-tasks/`` and the visdoc folders are not among them).
 
 Safe and resumable: archives are streamed through tarfile's ``data`` filter (no member lands outside its folder);
 outputs are built under ``DIR/.staging`` or a temporary sibling and renamed into place, and a task enters the manifest
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,7 +51,7 @@ from umeflow.data import archives, mmeb_hub
 from umeflow.data.mmeb_hub import IMAGE_ARCHIVE, MEDIA_REPO, TAGGED_CONFIGS, Archive, HubDir
 from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.tasks import TaskMeta
-from umeflow.io import atomic_path, sha256_file, write_json
+from umeflow.io import atomic_path, iter_parquet_rows, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +163,37 @@ def load_manifest(out: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RecordError(path, e.lineno, None, f"malformed JSON: {e.msg}; delete it to rebuild {out}") from None
+    if not isinstance(manifest, dict):
+        raise RecordError(path, None, None, f"expected a JSON object; delete it to rebuild {out}")
     if manifest.get("format") != FORMAT:
         raise RecordError(path, None, "format", f"expected {FORMAT!r}: not written by `umeflow data mmeb-v2`")
+    _check_manifest(path, manifest)
     return manifest
+
+
+def _check_manifest(path: Path, manifest: dict) -> None:
+    """The fields a rerun reads, so that a hand-edited manifest is one line naming the field, not a KeyError."""
+    def bad(field: str, expected: str) -> RecordError:
+        return RecordError(path, None, field, f"expected {expected}; delete the manifest to rebuild {path.parent}")
+
+    for section in ("tasks", "media"):
+        if not isinstance(manifest.get(section), dict):
+            raise bad(section, "an object")
+        for name, entry in manifest[section].items():
+            if not isinstance(entry, dict):
+                raise bad(f"{section}.{name}", "an object")
+            if not isinstance(entry.get("sources"), dict):
+                raise bad(f"{section}.{name}.sources", "an object of hub file -> bytes and sha256")
+    for name, entry in manifest["tasks"].items():
+        files = entry.get("files")
+        if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str)
+                                                  for f in files.values()):
+            raise bad(f"tasks.{name}.files", "an object of output file -> rows, bytes and sha256")
+    for dest, entry in manifest["media"].items():
+        names = entry.get("entries")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n not in ("", ".", "..")
+                                                  and "/" not in n and "\\" not in n for n in names):
+            raise bad(f"media.{dest}.entries", "a list of the names the folder's media have in it")
 
 
 def _sources(hub: HubDir, paths: list[Path]) -> dict[str, dict]:
@@ -197,16 +228,34 @@ def _tree_summary(folder: Path) -> dict:
     return {"files": count, "bytes": size, "sha256": digest.hexdigest()}
 
 
-def _install(staged: Path, dest: Path) -> None:
-    """Move every entry of ``staged`` into ``dest``, replacing what is there (each entry renamed at once)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for entry in sorted(staged.iterdir()):
-        target = dest / entry.name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(entry, target)
+def _install_media(out: Path, manifest: dict, dest: str, staged: Path, folder: str | None, sources: dict) -> None:
+    """Move every entry of ``staged`` into ``out/dest`` (each renamed at once, replacing what is there) and record
+    the folder in the manifest.
+
+    A media folder owns the entries its installs put there (``entries`` in the manifest): those the new set lacks
+    are removed, so the folder holds what the manifest describes. Nothing else is touched: ``image-tasks/`` and
+    most visdoc folders also hold the tasks' annotation files, beside the media. The names are recorded before
+    anything moves (with no sources, so the entry is not current), so a run killed halfway still knows them."""
+    summary = _tree_summary(staged)
+    names = sorted(entry.name for entry in staged.iterdir())
+    before = manifest["media"].get(dest, {}).get("entries", [])
+    manifest["media"][dest] = {"folder": folder, "entries": sorted({*before, *names}), "sources": {}}
+    write_json(out / MANIFEST, manifest)
+    target = out / dest
+    target.mkdir(parents=True, exist_ok=True)
+    for name in sorted(set(before) - set(names)):
+        _remove(target / name)
+    for name in names:
+        _remove(target / name)
+        os.replace(staged / name, target / name)
+    manifest["media"][dest] = {"folder": folder, **summary, "entries": names, "sources": sources}
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 # ------------------------------------------------------------------------------------------------------- media
@@ -240,11 +289,7 @@ def _unpack_archives(hub: HubDir, out: Path, stage: Path, manifest: dict, todo: 
                 raise UserError(f"{MEDIA_REPO}/{archive.parts[0]} has no folder {inside}/, where task "
                                 f"{plan.meta.name} reads its media")
         for dest, plan in plans.items():
-            folder = staged[plan.media.folder]
-            summary = _tree_summary(folder)
-            _install(folder, out / dest)
-            manifest["media"][dest] = {"folder": plan.media.folder, **summary,
-                                       "sources": _sources(hub, parts)}
+            _install_media(out, manifest, dest, staged[plan.media.folder], plan.media.folder, _sources(hub, parts))
         write_json(out / MANIFEST, manifest)
 
 
@@ -262,7 +307,7 @@ def _write_page(folder: Path, name: str, data: bytes) -> None:
 
 def _corpus_pages(plan: Plan, hub: HubDir, folder: Path) -> pa.Table:
     """Write each corpus page's image once to ``folder``; the corpus rows with ``image`` = that file's name."""
-    from umeflow.evaluate.loaders import _vlm2vec_page_file as page_file  # one definition of VLM2Vec's names
+    from umeflow.evaluate.loaders import vlm2vec_page_file  # one definition of VLM2Vec's names
 
     folder.mkdir(parents=True, exist_ok=True)
     rows, by_id, owner = [], {}, {}
@@ -273,7 +318,7 @@ def _corpus_pages(plan: Plan, hub: HubDir, folder: Path) -> pa.Table:
                     raise RecordError(path, line, "corpus-id", "required field is missing")
                 cid = str(rec["corpus-id"])
                 if cid not in by_id:
-                    name = page_file(plan.meta.loader, cid)
+                    name = vlm2vec_page_file(plan.meta.loader, cid)
                     if "/" in name or "\\" in name or name.startswith(".") or owner.get(name, cid) != cid:
                         raise RecordError(path, line, "corpus-id", f"page file name {name!r} is not a safe, "
                                                                    "unique file name")
@@ -290,17 +335,11 @@ def _corpus_pages(plan: Plan, hub: HubDir, folder: Path) -> pa.Table:
     return pa.Table.from_pylist(rows)
 
 
-def _records(hub: HubDir, path: Path):
-    """The rows of one corpus shard; parquet is read in batches (corpora run to gigabytes of page images)."""
-    if path.suffix != ".parquet":
-        yield from hub.read_table([path]).to_pylist()
-        return
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=64)
-        for batch in batches:
-            yield from batch.to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise RecordError(path, None, None, f"unreadable parquet file: {' '.join(str(e).split())}") from None
+def _records(hub: HubDir, path: Path) -> Iterator[dict]:
+    """The rows of one corpus shard; parquet is streamed in small batches (a batch of page images is megabytes)."""
+    if path.suffix == ".parquet":
+        return iter_parquet_rows(path, batch_size=64)
+    return iter(hub.read_table([path]).to_pylist())
 
 
 # ------------------------------------------------------------------------------------------------- annotations
@@ -337,10 +376,7 @@ def _convert_task(hub: HubDir, out: Path, stage: Path, manifest: dict, plan: Pla
         tables = {f"{meta.file}/{part}.parquet": (_corpus_pages(plan, hub, folder) if part == "corpus"
                                                    else _merged(hub, meta, configs))
                   for part, configs in plan.parts.items()}
-        summary = _tree_summary(folder)
-        _install(folder, out / meta.media_root)
-        manifest["media"][meta.media_root] = {"folder": None, **summary,
-                                              "sources": _sources(hub, plan.media_sources)}
+        _install_media(out, manifest, meta.media_root, folder, None, _sources(hub, plan.media_sources))
     else:
         tables = {f"{meta.file}.parquet": _merged(hub, meta, plan.parts[""])}
     files = {rel: _write_parquet(out, rel, table) for rel, table in tables.items()}
@@ -354,10 +390,5 @@ def verify_tasks(out: Path, tasks: list[TaskMeta]) -> dict[str, int]:
     """Load every task as ``umeflow evaluate`` does (raises on the first bad row); queries per task."""
     from umeflow.evaluate.tasks import load_task
 
-    counts = {}
-    for meta in tqdm(tasks, desc="verify", unit="task"):
-        counts[meta.name] = len(load_task(meta, out).queries)
-        if meta.num_queries and counts[meta.name] != meta.num_queries:
-            log.warning("%s: %d queries, the published score files count %d", meta.name, counts[meta.name],
-                        meta.num_queries)
-    return counts
+    # load_task itself warns when a task's count differs from the published one (TaskMeta.num_queries)
+    return {meta.name: len(load_task(meta, out).queries) for meta in tqdm(tasks, desc="verify", unit="task")}

@@ -66,7 +66,7 @@ IMAGE_CANDIDATES = ("image_t2i", "image_i2i_vg")  # parsers whose candidates are
 
 def _image_query_text(parser: str, row: Row) -> str:
     """VLM2Vec's query string per parser (before ``model_text``)."""
-    inst, text = row.rec.get("qry_inst") or "", row.text("qry_text", allow_empty=True)
+    inst, text = row.optional_text("qry_inst"), row.text("qry_text", allow_empty=True)
     if parser == "image_t2i":  # image_t2i_eval.py:18-21: instruction, a space, the text; no " \n" folding
         return inst + " " + text
     inst = inst.replace(IMAGE_PLACEHOLDER, "")
@@ -123,7 +123,7 @@ def load_image_task(meta: TaskMeta, root: DataRoot) -> TaskData:
             images = (media_file(root, row, "qry_img_path", rel_path(meta.media_root, qry_img)),)
         query = Item(model_text(_image_query_text(parser, row)), images=images)
         texts, imgs = _image_targets(row)
-        tgt_inst = row.rec.get("tgt_inst") or ""
+        tgt_inst = row.optional_text("tgt_inst")
         names = []
         for caption, img in zip(texts, imgs):
             text = model_text(_image_candidate_text(parser, tgt_inst, texts[0], caption))
@@ -149,9 +149,9 @@ def _load_offline_image_task(meta: TaskMeta, root: DataRoot, rel: str, out: Coll
     for row in task_rows(meta, root, rel):
         qry_img = row.text("qry_img_path", allow_empty=True)
         q_images = (media_file(root, row, "qry_img_path", rel_path(meta.media_root, qry_img)),) if qry_img else ()
-        query = Item(join(row.rec.get("qry_inst") or "", row.text("qry_text", allow_empty=True)), images=q_images)
+        query = Item(join(row.optional_text("qry_inst"), row.text("qry_text", allow_empty=True)), images=q_images)
         texts, imgs = _image_targets(row)
-        tgt_inst = row.rec.get("tgt_inst") or ""
+        tgt_inst = row.optional_text("tgt_inst")
         names = []
         for text, img in zip(texts, imgs):
             make = lambda img=img, text=text: Item(  # noqa: E731
@@ -164,7 +164,7 @@ def _load_offline_image_task(meta: TaskMeta, root: DataRoot, rel: str, out: Coll
 
 # ----------------------------------------------------------------------------------------------- visdoc tasks
 
-def _vlm2vec_page_file(parser: str, corpus_id: str) -> str:
+def vlm2vec_page_file(parser: str, corpus_id: str) -> str:
     """The file name VLM2Vec caches a corpus page under in its ``image_root``: ``<corpus-id>.png`` for ViDoRe
     (vidore_dataset.py:60), the first 50 characters of the id's stem + ``_`` + 8 hex of its MD5 + its extension for
     VisRAG, whose ids are long file names (visrag_dataset.py:65-67)."""
@@ -181,7 +181,7 @@ def _corpus_image(root: DataRoot, meta: TaskMeta, row: Row, corpus_id: str) -> P
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if value is None:
-        return media_file(root, row, "image", rel_path(meta.media_root, _vlm2vec_page_file(meta.loader, corpus_id)))
+        return media_file(root, row, "image", rel_path(meta.media_root, vlm2vec_page_file(meta.loader, corpus_id)))
     if isinstance(value, str) and value:
         return media_file(root, row, "image", rel_path(meta.media_root, value))
     if isinstance(value, (bytes, bytearray)) and value:

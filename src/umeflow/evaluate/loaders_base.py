@@ -14,7 +14,7 @@ from typing import Any
 
 from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.tasks import TaskData, TaskMeta, sample_frame_names
-from umeflow.io import iter_jsonl_lenient
+from umeflow.io import iter_jsonl_lenient, iter_parquet_rows
 from umeflow.model.items import Item, strip_placeholders
 from umeflow.storage import DataRoot
 
@@ -48,6 +48,15 @@ class Row:
             value = ""
         if not isinstance(value, str) or (not value and not allow_empty):
             raise self.error(key, "expected a non-empty string" if not allow_empty else "expected a string")
+        return value
+
+    def optional_text(self, key: str) -> str:
+        """An optional string field (instructions): absent or null gives ""; anything but a string is an error."""
+        value = self.rec.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.error(key, "expected a string")
         return value
 
     def ident(self, key: str) -> str:
@@ -86,14 +95,8 @@ def find_annotation(root: DataRoot, rel: str, task: str) -> str:
 def iter_rows(root: DataRoot, rel: str) -> Iterator[Row]:
     shown = root.display(rel)
     local = root.path(rel)
-    if rel.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        try:
-            records = pq.read_table(local).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a corrupt file
-            raise RecordError(shown, None, None, f"unreadable parquet file: {e}") from None
-        for i, rec in enumerate(records, 1):
+    if rel.endswith(".parquet"):  # streamed: a task that keeps the first n rows reads no further
+        for i, rec in enumerate(iter_parquet_rows(local, shown), 1):
             yield Row(shown, i, rec)
         return
     for line, rec in iter_jsonl_lenient(local):

@@ -52,7 +52,7 @@ def load_video_cls_task(meta: TaskMeta, root: DataRoot) -> TaskData:
     for row in task_rows(meta, root, rel):
         vid, label = row.ident("video_id"), row.text("pos_text")
         video = frames(root, row, "video_id", rel_path(meta.media_root, vid), meta.num_frames)
-        instruction = meta.instruction or row.rec.get("qry_inst") or ""
+        instruction = meta.instruction or row.optional_text("qry_inst")
         out.add(Item(model_text(instruction), video=video), [out.candidate(label, lambda: Item(label))])
     if meta.class_labels:
         listed = class_labels(meta.class_labels)
@@ -213,6 +213,10 @@ def load_moment_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         positives = [c for c in clips if PurePosixPath(c).name.startswith("positive")]
         if not positives:
             raise row.error("video_path", f"no positive* clip folder under {root.display(video_dir)}")
+        if len(positives) > 1:  # VLM2Vec labels only the last one os.listdir returns (moment_retrieval_datasets.py:62-75)
+            log.warning("%s line %d: %d positive* clip folders under %s; umeflow counts all as relevant, VLM2Vec "
+                        "only one, so this query can score differently", row.path, row.line, len(positives),
+                        root.display(video_dir))
         names = [out.candidate(c, lambda c=c: Item(VIDEO_TARGET,
                                                    video=frames(root, row, "video_path", c, meta.num_frames)))
                  for c in clips]

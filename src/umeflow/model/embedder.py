@@ -16,8 +16,9 @@ gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation do
       after the first wins). Each row is read within its own generated span — up to and including its first EOS —
       never from the padding steps a finished row goes through while longer rows still generate. A row with no
       ``<gen_emb>``, or whose ``<gen_emb>`` is its very last token (the budget ran out before that token was fed),
-      falls back to the state of its last fed step, as UME-R1's ``get_embedding_idx`` does (``hidden_states[-1]``),
-      and is flagged in ``Encoded.fallback``. The prefill step also yields the disc embedding for free
+      falls back to the state of its own last fed step and is flagged in ``Encoded.fallback``. That is UME-R1's
+      ``get_embedding_idx`` fallback (``hidden_states[-1]``) for a row generated alone; in a batch UME-R1's ``-1`` is
+      the batch's last step, a padding step for a row that finished earlier, which umeflow does not copy. The prefill step also yields the disc embedding for free
       (``Encoded.disc_embeddings``).
       Returned per row: ``generated_ids`` = every token the row generated, through its EOS (inclusive) or to the
       budget; ``texts`` = those tokens decoded without special tokens (reasoning, answer, ``<gen_emb>`` and whatever

@@ -10,7 +10,10 @@ UME-R1 sizes pixels differently per stage, and a checkpoint scores as published 
 
 ``VisionSizing`` holds those choices (recipe keys of the evaluate / embed / sft steps); 0 means "the checkpoint's own
 limit". Transparent images (RGBA, LA, PA, P or L/RGB with a transparency key) are composited onto white, for every
-stage and for the data build alike (``to_rgb_on_white``).
+stage and for the data build alike (``to_rgb_on_white``). For RGBA at evaluation that is exactly UME-R1's pixels
+(qwen_vl_utils ``to_rgb``). Where UME-R1 differs, umeflow keeps white on purpose (issue #13): qwen_vl_utils converts
+LA / P images without compositing (their transparent pixels show the stored colour, usually black), and UME-R1's SFT
+converts every image that way (``data_qwen.py``: ``convert("RGB")``), so a transparent stamp trains as black.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from PIL import Image
 
 from umeflow.errors import UserError
 
-# qwen_vl_utils' own limits in fetch_image (MIN_PIXELS = 4·28·28, MAX_PIXELS = 16384·28·28): UME-R1's eval messages
-# carry no min_pixels/max_pixels, so these apply before the processor's.
-FETCH_MIN_PIXELS = 4 * 28 * 28
-FETCH_MAX_PIXELS = 16384 * 28 * 28
+# qwen_vl_utils' own limits in fetch_image, in grid cells of the resize factor (4·f², 16384·f²; 3,136 and 12,845,056
+# pixels for Qwen2-VL's f = 28): UME-R1's eval messages carry no min_pixels/max_pixels, so these apply before the
+# processor's. Newer qwen_vl_utils scale them with the factor (32 for Qwen3-VL), hence cells, not pixels.
+FETCH_MIN_CELLS = 4
+FETCH_MAX_CELLS = 16384
 MAX_ASPECT_RATIO = 200
 # UME-R1 SFT data arguments video_min_frame_pixels / video_max_frame_pixels (argument.py defaults).
 SFT_VIDEO_MIN_FRAME_PIXELS = 4 * 28 * 28
@@ -69,9 +73,10 @@ def fit_to_grid(height: int, width: int, factor: int, min_pixels: int, max_pixel
 
 
 def fetch_resize(im: Image.Image, factor: int = 28) -> Image.Image:
-    """qwen_vl_utils ``fetch_image``'s resize: to the ``fit_to_grid`` size under its 3,136 … 12,845,056 limits,
-    bicubic (PIL's default filter for RGB)."""
-    h, w = fit_to_grid(im.height, im.width, factor, FETCH_MIN_PIXELS, FETCH_MAX_PIXELS)
+    """qwen_vl_utils ``fetch_image``'s resize: to the ``fit_to_grid`` size under its 4·f² … 16384·f² limits
+    (3,136 … 12,845,056 pixels at f = 28), bicubic (PIL's default filter for RGB)."""
+    cell = factor * factor
+    h, w = fit_to_grid(im.height, im.width, factor, FETCH_MIN_CELLS * cell, FETCH_MAX_CELLS * cell)
     return im if (w, h) == im.size else im.resize((w, h), Image.Resampling.BICUBIC)
 
 
