@@ -87,7 +87,26 @@ class ModelInitConfig:
 
 
 @dataclass
-class EmbedConfig:
+class EmbeddingInputs:
+    """How items reach the model when it embeds them (evaluate, embed; the served model takes the evaluation's).
+
+    Pixels (method.md §1.3): 0 = the checkpoint's preprocessor_config.json. UME-R1's eval (configs/qwen2-vl-*.yaml):
+    ``qwen_vl_utils_resize`` true (fetch_image's resize first: 3,136-pixel floor, sides rounded to 28), then the
+    processor at 784 … 2,359,296, frames sized like images (``video_*_frame_pixels`` 0). ``disc_readout``: where the
+    disc embedding is read, "disc_emb" (the <disc_emb> token: what SFT trains, UME-R1's README) or "next_token" (the
+    token after it: what UME-R1's eval_twomode.py reads, behind its published disc/oracle numbers).
+    """
+
+    min_pixels: int = 0
+    max_pixels: int = 0
+    qwen_vl_utils_resize: bool = False
+    video_min_frame_pixels: int = 0  # 0 = frames sized like images
+    video_max_frame_pixels: int = 0
+    disc_readout: str = "disc_emb"
+
+
+@dataclass
+class EmbedConfig(EmbeddingInputs):
     SECTION = "embed"
     model: str = "state/models/tiny"
     input: str = ""
@@ -99,17 +118,10 @@ class EmbedConfig:
     temperature: float = 1.0
     num_samples: int = 1
     seed: int = 0
-    # pixels, as in `evaluate` (embed what was evaluated); 0 = the checkpoint's preprocessor_config.json
-    min_pixels: int = 0
-    max_pixels: int = 0
-    qwen_vl_utils_resize: bool = False
-    video_min_frame_pixels: int = 0  # 0 = frames sized like images
-    video_max_frame_pixels: int = 0
-    disc_readout: str = "disc_emb"  # as in `evaluate`
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(EmbeddingInputs):
     SECTION = "evaluate"
     model: str = "state/models/tiny"
     data_root: str = "state/data/eval"  # local folder or s3://bucket/prefix (MMEB-V2 layout or the offline suite)
@@ -131,17 +143,6 @@ class EvaluateConfig:
     # a published leaderboard score file ({metadata, metrics: {image, video, visdoc}}, e.g. VLM2Vec's
     # experiments/public/all_scores/*.json) shown beside the scores in report.md and summary.json; "" = none
     compare: str = ""
-    # pixels (method.md §1.3): 0 = the checkpoint's preprocessor_config.json. UME-R1's eval (configs/qwen2-vl-*.yaml):
-    # qwen_vl_utils_resize true (fetch_image's resize first: 3,136-pixel floor, sides rounded to 28), then the
-    # processor at 784 … 2,359,296, frames sized like images (video_*_frame_pixels 0)
-    min_pixels: int = 0
-    max_pixels: int = 0
-    qwen_vl_utils_resize: bool = False
-    video_min_frame_pixels: int = 0  # 0 = frames sized like images
-    video_max_frame_pixels: int = 0
-    # where the disc embedding is read: "disc_emb" (the <disc_emb> token: what SFT trains, UME-R1's README) or
-    # "next_token" (the token after it: what UME-R1's eval_twomode.py reads, behind its published disc/oracle numbers)
-    disc_readout: str = "disc_emb"
 
 
 @dataclass

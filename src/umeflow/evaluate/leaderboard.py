@@ -29,7 +29,6 @@ from umeflow.evaluate.metrics import SCORE_KEYS
 from umeflow.evaluate.mmeb_v2 import MMEB_V2_TASKS, MMEB_V2_VERSION
 from umeflow.evaluate.report import aggregate, column_label, columns_of, fmt, fmt_delta, leaderboard_notes
 from umeflow.evaluate.tasks import MODALITIES, TaskMeta
-from umeflow.io import atomic_path
 
 MODES = ("disc", "gen")
 REGISTRY = {t.name: t for t in MMEB_V2_TASKS}
@@ -57,10 +56,10 @@ def _in_vlm2vec_order(scores: dict) -> dict:
 
 
 def _dump(path: Path, obj) -> None:
-    """JSON as VLM2Vec writes it (indent 4, keys in insertion order)."""
+    """JSON as VLM2Vec writes it (indent 4, keys in insertion order; ``io.write_json`` sorts them). Plain writes:
+    ``publish`` builds the whole output folder under a temporary name and renames it when complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=4) + "\n")
+    path.write_text(json.dumps(obj, indent=4) + "\n")
 
 
 def model_metadata(model: str, pair: str, max_queries_per_task: int = 0) -> dict:

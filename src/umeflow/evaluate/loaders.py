@@ -8,7 +8,7 @@ URI or a ``DataRoot``; media come back as local paths (S3 objects are cached on 
 Every MMEB-V2 task is built as VLM2Vec @6e1e1d4 builds it (``src/data/eval_dataset/*``): the same rows
 (``num_sample_per_subset``), candidate names, candidate pool (the full class list of a video classification
 dataset), frames (natural order, 8 by linspace, shorter folders unpadded) and texts. Texts are VLM2Vec's strings
-as the model is fed them: placeholders removed and the ends trimmed (``loaders_base.model_text``).
+as the model is fed them: placeholders removed and the ends trimmed (``strip_placeholders``).
 
 Annotations are HF datasets upstream; here each is a file with the HF rows, ``.jsonl`` (errors name the line) or
 ``.parquet`` (errors name the 1-based row as "line"). Layout relative to the data root:
@@ -43,7 +43,7 @@ from PIL import Image
 
 from umeflow.errors import UserError
 from umeflow.evaluate.loaders_base import (  # noqa: F401 (Row, find_annotation, iter_rows: re-exported)
-    Collector, Row, find_annotation, instructed, iter_rows, media_file, model_text, rel_path, task_rows,
+    Collector, Row, find_annotation, instructed, iter_rows, media_file, rel_path, task_rows,
 )
 from umeflow.evaluate.loaders_video import (
     VIDEO_QA, VIDEO_RETRIEVAL, load_moment_task, load_momentseeker_task, load_ssv2_task, load_video_cls_task,
@@ -65,7 +65,7 @@ IMAGE_CANDIDATES = ("image_t2i", "image_i2i_vg")  # parsers whose candidates are
 # ------------------------------------------------------------------------------------------------ image tasks
 
 def _image_query_text(parser: str, row: Row) -> str:
-    """VLM2Vec's query string per parser (before ``model_text``)."""
+    """VLM2Vec's query string per parser (before ``strip_placeholders``)."""
     inst, text = row.optional_text("qry_inst"), row.text("qry_text", allow_empty=True)
     if parser == "image_t2i":  # image_t2i_eval.py:18-21: instruction, a space, the text; no " \n" folding
         return inst + " " + text
@@ -77,7 +77,7 @@ def _image_query_text(parser: str, row: Row) -> str:
 
 
 def _image_candidate_text(parser: str, tgt_inst: str, first_caption: str, caption: str) -> str:
-    """VLM2Vec's candidate string per parser (before ``model_text``). cls / qa / i2t: the target text alone
+    """VLM2Vec's candidate string per parser (before ``strip_placeholders``). cls / qa / i2t: the target text alone
     (image_cls_dataset.py:26; tgt_inst is not read). t2i / i2i_vg: the target instruction, followed by the caption
     only when the row's *first* caption is non-blank (image_t2i_eval.py:26-38, image_i2i_vg_dataset.py:27-39)."""
     if parser not in IMAGE_CANDIDATES:
@@ -121,12 +121,12 @@ def load_image_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         if parser != "image_t2i":
             qry_img = row.text("qry_img_path")
             images = (media_file(root, row, "qry_img_path", rel_path(meta.media_root, qry_img)),)
-        query = Item(model_text(_image_query_text(parser, row)), images=images)
+        query = Item(strip_placeholders(_image_query_text(parser, row)), images=images)
         texts, imgs = _image_targets(row)
         tgt_inst = row.optional_text("tgt_inst")
         names = []
         for caption, img in zip(texts, imgs):
-            text = model_text(_image_candidate_text(parser, tgt_inst, texts[0], caption))
+            text = strip_placeholders(_image_candidate_text(parser, tgt_inst, texts[0], caption))
             if parser in IMAGE_CANDIDATES:
                 if not img:
                     raise row.error("tgt_img_path", f"{parser} candidates need an image path")
@@ -227,7 +227,7 @@ def load_visdoc_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         judged = qrels.get(qid)
         if not judged:
             raise row.error("query-id", f"query {qid!r} has no relevant document in {root.display(files['qrels'])}")
-        out.add(Item(model_text(instructed(VISDOC_QUERY, text))), list(judged), rel=list(judged.values()))
+        out.add(Item(strip_placeholders(instructed(VISDOC_QUERY, text))), list(judged), rel=list(judged.values()))
     return out.build()
 
 

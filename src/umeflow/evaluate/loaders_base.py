@@ -15,7 +15,7 @@ from typing import Any
 from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.tasks import TaskData, TaskMeta, sample_frame_names
 from umeflow.io import iter_jsonl_lenient, iter_parquet_rows
-from umeflow.model.items import Item, strip_placeholders
+from umeflow.model.items import Item
 from umeflow.storage import DataRoot
 
 ANNOTATION_SUFFIXES = (".jsonl", ".parquet")
@@ -146,15 +146,9 @@ def frames(root: DataRoot, row: Row, field: str, rel_dir: str, n: int | None) ->
 
 def instructed(instruction: str, text: str = "") -> str:
     """VLM2Vec's ``process_input_text`` (src/model/processor.py:663-665): the instruction, then a space and the
-    text when there is one. Neither part is trimmed; ``model_text`` trims the ends of the result."""
+    text when there is one. Neither part is trimmed; ``strip_placeholders`` trims the ends of the result, as UME-R1's
+    eval collator does (UME-R1 @08891de src/eval/VLM2Vec/src/data/collator/eval_collator.py:225,253,294)."""
     return instruction + " " + text if text else instruction
-
-
-def model_text(text: str) -> str:
-    """The text the model is fed: media placeholders removed and the ends trimmed, as UME-R1's eval collator does
-    (``text.replace(<|image_pad|>/<|video_pad|>, '').strip()``; UME-R1 @08891de
-    src/eval/VLM2Vec/src/data/collator/eval_collator.py:225,253,294)."""
-    return strip_placeholders(text)
 
 
 # ------------------------------------------------------------------------------------------------- collecting

@@ -2,7 +2,7 @@
 
 Annotations are ``video-tasks/<Task>.jsonl|parquet`` with the raw HF fields named in each loader; frames are
 pre-extracted to ``<meta.media_root>/<video>/`` and chosen by ``loaders_base.frames`` (``meta.num_frames``). Query
-and candidate texts are VLM2Vec's strings as the model sees them (``model_text``: placeholders removed, ends
+and candidate texts are VLM2Vec's strings as the model sees them (``strip_placeholders``: placeholders removed, ends
 trimmed); where VLM2Vec's string has an odd detail (a double space after ``Question:``, EgoSchema's question glued to
 its first option) it is kept, because the model is fed exactly that.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from umeflow.evaluate.class_labels import class_labels
 from umeflow.evaluate.loaders_base import (
-    Collector, Row, find_annotation, frames, instructed, media_file, model_text, rel_path, task_rows,
+    Collector, Row, find_annotation, frames, instructed, media_file, rel_path, task_rows,
 )
 from umeflow.evaluate.tasks import TaskData, TaskMeta
-from umeflow.model.items import Item
+from umeflow.model.items import Item, strip_placeholders
 from umeflow.storage import DataRoot
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_video_cls_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         vid, label = row.ident("video_id"), row.text("pos_text")
         video = frames(root, row, "video_id", rel_path(meta.media_root, vid), meta.num_frames)
         instruction = meta.instruction or row.optional_text("qry_inst")
-        out.add(Item(model_text(instruction), video=video), [out.candidate(label, lambda: Item(label))])
+        out.add(Item(strip_placeholders(instruction), video=video), [out.candidate(label, lambda: Item(label))])
     if meta.class_labels:
         listed = class_labels(meta.class_labels)
         unlisted = sorted(set(out.pool) - set(listed))
@@ -75,7 +75,7 @@ def load_ssv2_task(meta: TaskMeta, root: DataRoot) -> TaskData:
             raise row.error("neg_text", f"candidate list does not contain pos_text {label!r}")
         video = frames(root, row, "video_id", rel_path(meta.media_root, vid), meta.num_frames)
         names = [out.candidate(o, lambda o=o: Item(o)) for o in options]
-        out.add(Item(model_text(meta.instruction), video=video), [label], names)
+        out.add(Item(strip_placeholders(meta.instruction), video=video), [label], names)
     return out.build()
 
 
@@ -103,7 +103,7 @@ def load_video_retrieval_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         caption = row.text(caption_field)
         make = lambda vid=vid, row=row: Item(  # noqa: E731
             VIDEO_TARGET, video=frames(root, row, id_field, rel_path(meta.media_root, vid), meta.num_frames))
-        out.add(Item(model_text(instructed(instruction, caption))), [out.candidate(vid, make)])
+        out.add(Item(strip_placeholders(instructed(instruction, caption))), [out.candidate(vid, make)])
     return out.build()
 
 
@@ -193,8 +193,8 @@ def load_video_qa_task(meta: TaskMeta, root: DataRoot) -> TaskData:
     for row in task_rows(meta, root, rel):
         folder, question, cands, label = adapt(row)
         video = frames(root, row, video_field, rel_path(meta.media_root, folder), meta.num_frames)
-        names = [out.candidate(name, lambda text=text: Item(model_text(text))) for name, text in cands]
-        out.add(Item(model_text(VIDEO_QA_PROMPT + " " + question), video=video), [label], names)
+        names = [out.candidate(name, lambda text=text: Item(strip_placeholders(text))) for name, text in cands]
+        out.add(Item(strip_placeholders(VIDEO_QA_PROMPT + " " + question), video=video), [label], names)
     return out.build()
 
 
@@ -213,14 +213,15 @@ def load_moment_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         positives = [c for c in clips if PurePosixPath(c).name.startswith("positive")]
         if not positives:
             raise row.error("video_path", f"no positive* clip folder under {root.display(video_dir)}")
-        if len(positives) > 1:  # VLM2Vec labels only the last one os.listdir returns (moment_retrieval_datasets.py:62-75)
+        # VLM2Vec labels only the last one os.listdir returns (moment_retrieval_datasets.py:62-75)
+        if len(positives) > 1:
             log.warning("%s line %d: %d positive* clip folders under %s; umeflow counts all as relevant, VLM2Vec "
                         "only one, so this query can score differently", row.path, row.line, len(positives),
                         root.display(video_dir))
         names = [out.candidate(c, lambda c=c: Item(VIDEO_TARGET,
                                                    video=frames(root, row, "video_path", c, meta.num_frames)))
                  for c in clips]
-        out.add(Item(model_text(instructed(MOMENT_QUERY, row.text("query"))), video=query_video), positives, names)
+        out.add(Item(strip_placeholders(instructed(MOMENT_QUERY, row.text("query"))), video=query_video), positives, names)
     return out.build()
 
 
@@ -243,13 +244,13 @@ def load_momentseeker_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         text, source = row.text("query"), row.text("input_frames", allow_empty=True)
         if source.endswith(".mp4"):
             folder = rel_path(meta.media_root, "video_frames", source.split(".mp4")[0].replace("/", "_"))
-            query = Item(model_text(instructed(MOMENTSEEKER_QUERY["video"], text)),
+            query = Item(strip_placeholders(instructed(MOMENTSEEKER_QUERY["video"], text)),
                          video=frames(root, row, "input_frames", folder, n))
         elif source.endswith(".jpg"):
             image = media_file(root, row, "input_frames", rel_path(meta.media_root, f"query_{source}"))
-            query = Item(model_text(instructed(MOMENTSEEKER_QUERY["image"], text)), images=(image,))
+            query = Item(strip_placeholders(instructed(MOMENTSEEKER_QUERY["image"], text)), images=(image,))
         elif not source:
-            query = Item(model_text(instructed(MOMENTSEEKER_QUERY["text"], text)))
+            query = Item(strip_placeholders(instructed(MOMENTSEEKER_QUERY["text"], text)))
         else:  # VLM2Vec would silently make it a text query (l.46-56); a new kind of input deserves a look
             raise row.error("input_frames", f"expected '', a .jpg or an .mp4 path, got {source!r}")
         names = {}

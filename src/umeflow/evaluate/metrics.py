@@ -86,7 +86,9 @@ def ndcg_linear_at_k(ranking: Sequence[str], labels: Sequence[str], k: int,
     return _ndcg(ranking, _relevance(labels, rel_scores), k, "linear")
 
 
-def _per_query_all(rankings, labels, rel_scores) -> list[dict[str, float]]:
+def query_metric_rows(rankings: Sequence[Sequence[str]], labels: Sequence[Sequence[str]],
+                      rel_scores: Sequence[Sequence[float] | None] | None = None) -> list[dict[str, float]]:
+    """``query_metrics`` for each query: computed once, then averaged (``mean_scores``) or read per query."""
     n = len(rankings)
     if n != len(labels):
         raise ValueError(f"{n} rankings for {len(labels)} label sets")
@@ -97,9 +99,13 @@ def _per_query_all(rankings, labels, rel_scores) -> list[dict[str, float]]:
 def score_rankings(rankings: Sequence[Sequence[str]], labels: Sequence[Sequence[str]],
                    rel_scores: Sequence[Sequence[float] | None] | None = None) -> dict[str, float]:
     """The mean of every metric over queries, plus ``num_pred``/``num_data``: a VLM2Vec ``{task}_score.json``."""
-    if not rankings:
+    return mean_scores(query_metric_rows(rankings, labels, rel_scores))
+
+
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of every metric over per-query rows, plus ``num_pred``/``num_data``."""
+    if not rows:
         raise ValueError("no rankings to score")
-    rows = _per_query_all(rankings, labels, rel_scores)
     out: dict[str, float] = {key: float(np.mean([row[key] for row in rows])) for key in SCORE_KEYS[:-2]}
     out["num_pred"] = len(rows)
     out["num_data"] = len(rows)
@@ -111,4 +117,4 @@ def per_query(rankings: Sequence[Sequence[str]], labels: Sequence[Sequence[str]]
     """One metric (a ``SCORE_KEYS`` name such as ``hit@1``) for each query, for oracle/selector/pass@k."""
     if metric not in SCORE_KEYS[:-2]:
         raise ValueError(f"unknown metric {metric!r}")
-    return [row[metric] for row in _per_query_all(rankings, labels, rel_scores)]
+    return [row[metric] for row in query_metric_rows(rankings, labels, rel_scores)]

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from umeflow.evaluate import selector
 from umeflow.evaluate.cache import EmbeddingCache, content_key, setting_name
-from umeflow.evaluate.metrics import per_query, score_rankings
+from umeflow.evaluate.metrics import mean_scores, per_query, query_metric_rows
 from umeflow.evaluate.tasks import TaskData, TaskMeta, load_task
 from umeflow.model.items import Item
 
@@ -177,8 +177,9 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         for tm in modes:
             rankings, cf, scores = _scores_and_rankings(data, q_emb[qm], names, c_emb[tm])
             pair = pair_name(qm, tm)
-            result["scores"][pair] = score_rankings(rankings, data.labels, rel)
-            result["per_query"][pair] = per_query(rankings, data.labels, meta.metric, rel)
+            rows = query_metric_rows(rankings, data.labels, rel)  # once: the means and the per-query main metric
+            result["scores"][pair] = mean_scores(rows)
+            result["per_query"][pair] = [row[meta.metric] for row in rows]
             if qm == tm:
                 conf[qm], raw[qm] = cf, scores
     if "disc" in modes and "gen" in modes:

@@ -10,16 +10,16 @@ gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation do
       (``<|im_end|>`` or the checkpoint's EOS ids) or ``max_new_tokens`` tokens. A forward hook on the language
       model keeps, for every decoding step, only the last-layer state (after the final norm) of the token fed at
       that step (B × D per step) — not every layer's states at every step, which is what
-      ``output_hidden_states=True`` would store. Step k ≥ 1 feeds generated token k−1, so the state of ``<gen_emb>`` generated at position j is
-      step j+1 (the spec's ``hidden_states[j+1][-1]``). Only the generated ids are searched, and the *last*
+      ``output_hidden_states=True`` would store. Step k ≥ 1 feeds generated token k−1, so the state of
+      ``<gen_emb>`` generated at position j is step j+1 (the spec's ``hidden_states[j+1][-1]``). Only the generated ids are searched, and the *last*
       ``<gen_emb>`` there is taken (the one inside GENERATION_PROMPT is never used; a second ``<gen_emb>`` generated
       after the first wins). Each row is read within its own generated span — up to and including its first EOS —
       never from the padding steps a finished row goes through while longer rows still generate. A row with no
       ``<gen_emb>``, or whose ``<gen_emb>`` is its very last token (the budget ran out before that token was fed),
       falls back to the state of its own last fed step and is flagged in ``Encoded.fallback``. That is UME-R1's
       ``get_embedding_idx`` fallback (``hidden_states[-1]``) for a row generated alone; in a batch UME-R1's ``-1`` is
-      the batch's last step, a padding step for a row that finished earlier, which umeflow does not copy. The prefill step also yields the disc embedding for free
-      (``Encoded.disc_embeddings``).
+      the batch's last step, a padding step for a row that finished earlier, which umeflow does not copy. The
+      prefill step also yields the disc embedding for free (``Encoded.disc_embeddings``).
       Returned per row: ``generated_ids`` = every token the row generated, through its EOS (inclusive) or to the
       budget; ``texts`` = those tokens decoded without special tokens (reasoning, answer, ``<gen_emb>`` and whatever
       the model wrote after it, without the EOS).
@@ -65,18 +65,25 @@ class LastStateRecorder:
         self.steps.append(hs[:, -1].detach())
 
 
-def gen_emb_step(own_ids: Sequence[int], gen_emb_id: int) -> tuple[int, bool]:
-    """(recorded step to read, fallback) for one row's own generated ids (through its EOS, no padding).
+def gen_emb_position(ids: Sequence[int], gen_emb_id: int) -> tuple[int, bool]:
+    """(position in the fed-token sequence, fallback) for one row's generated ids.
 
-    Step k ≥ 1 is the state of generated token k−1 (step 0: the last prompt token). The last ``<gen_emb>`` at j is
-    read at step j+1; when there is none, or it is the very last generated token (never fed, so its state was never
-    computed), the row falls back to its last fed step, ``len(own_ids) − 1``.
+    Fed tokens: position 0 is the last prompt token (prefill), position k ≥ 1 is generated token k−1. The last
+    ``<gen_emb>`` at j → position j+1 (which a teacher-forced forward always has); without one → position
+    ``len(ids) − 1``, the last token the row fed itself, flagged as a fallback.
     """
-    last = len(own_ids) - 1
-    for j in range(last, -1, -1):
-        if own_ids[j] == gen_emb_id:
-            return (j + 1, False) if j < last else (max(last, 0), True)
-    return max(last, 0), True
+    for j in range(len(ids) - 1, -1, -1):
+        if ids[j] == gen_emb_id:
+            return j + 1, False
+    return max(len(ids) - 1, 0), True
+
+
+def gen_emb_step(own_ids: Sequence[int], gen_emb_id: int) -> tuple[int, bool]:
+    """(recorded generation step to read, fallback) for one row's own generated ids (through its EOS, no padding):
+    ``gen_emb_position``, except that a ``<gen_emb>`` that is the very last generated token was never fed, so its
+    state was never computed and the row falls back to its last fed step, ``len(own_ids) − 1``."""
+    pos, fallback = gen_emb_position(own_ids, gen_emb_id)
+    return (max(len(own_ids) - 1, 0), True) if pos >= len(own_ids) else (pos, fallback)
 
 
 def _normalise(x: torch.Tensor) -> np.ndarray:

@@ -16,11 +16,12 @@ Outputs in ``out``: ``registration.json`` (name, version, ``models:/`` URI, run 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from umeflow.config import RegisterConfig
+from umeflow.config import EmbeddingInputs, RegisterConfig
 from umeflow.errors import UserError
 from umeflow.io import write_json, write_run_info
 
@@ -39,8 +40,7 @@ def _settings(cfg: RegisterConfig) -> dict:
 
 # How the evaluation fed the model (pixel sizing, disc read-out): the served model embeds the same way, so what it
 # serves is what was scored.
-EVAL_INPUT_KEYS = ("min_pixels", "max_pixels", "qwen_vl_utils_resize", "video_min_frame_pixels",
-                   "video_max_frame_pixels", "disc_readout")
+EVAL_INPUT_KEYS = tuple(f.name for f in dataclasses.fields(EmbeddingInputs))
 
 
 def _eval_input_settings(ev) -> dict:

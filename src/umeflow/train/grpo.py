@@ -32,7 +32,7 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from umeflow.model.backbone import language_model
-from umeflow.model.embedder import LastStateRecorder
+from umeflow.model.embedder import LastStateRecorder, gen_emb_position
 from umeflow.train.rewards import (SideScores, embed_rl_outcome_scores, judge_candidates, judge_prompt,
                                    parse_judge_choice, rank_gap_scores, tcot_format_reward, ume_format_reward)
 
@@ -58,24 +58,12 @@ class RolloutStates:
         self.source = source
 
 
-def _row_positions(ids: list[int], gen_id: int) -> tuple[int, bool]:
-    """(index into the fed-token sequence, fallback) for one completion of length L.
-
-    Fed tokens: position 0 is the last prompt token (prefill), position k ≥ 1 is completion token k−1. ``<gen_emb>``
-    at completion index j → position j+1. Without one → position L−1, the last token the row fed itself.
-    """
-    hits = [j for j, t in enumerate(ids) if t == gen_id]
-    if hits:
-        return hits[-1] + 1, False
-    return max(len(ids) - 1, 0), True
-
-
 def unfed_gen_emb_rows(num_steps: int, completion_ids: list[list[int]], gen_id: int) -> list[int]:
     """Rows whose last ``<gen_emb>`` is the final token of the longest rollout (the budget ran out right after it):
     generation never fed it, so its state was not recorded. UME-R1 reads the reward embedding teacher-forced, over
     prompt + completion, where that state exists (grpo_trainer.py:575-605), so these rows take the forward path."""
     return [b for b, ids in enumerate(completion_ids)
-            if not _row_positions(ids, gen_id)[1] and _row_positions(ids, gen_id)[0] >= num_steps]
+            if gen_emb_position(ids, gen_id)[0] >= num_steps]
 
 
 def states_from_steps(steps: list[torch.Tensor], completion_ids: list[list[int]], gen_id: int
@@ -84,7 +72,7 @@ def states_from_steps(steps: list[torch.Tensor], completion_ids: list[list[int]]
     stacked = torch.stack(steps, dim=1)  # (B, S, D)
     rows, fallback = [], []
     for b, ids in enumerate(completion_ids):
-        pos, fb = _row_positions(ids, gen_id)
+        pos, fb = gen_emb_position(ids, gen_id)
         if pos >= stacked.shape[1]:  # <gen_emb> was the very last token of the batch: never fed
             pos, fb = stacked.shape[1] - 1, True
         rows.append(stacked[b, pos])
@@ -116,7 +104,7 @@ def teacher_forced_states(model, prompt_ids: list[list[int]], completion_ids: li
     states = getattr(model, "model", model)(**batch, use_cache=False).last_hidden_state
     rows, fallback = [], []
     for b, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        pos, fb = _row_positions(c, gen_id)
+        pos, fb = gen_emb_position(c, gen_id)
         # fed position k ↔ sequence index (len(p) − 1 + k), shifted by the row's left padding
         rows.append(states[b, width - len(seqs[b]) + len(p) - 1 + pos])
         fallback.append(fb)
