@@ -77,7 +77,7 @@ lock: venv
 	$(BIN)/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 		print('\n'.join(d['dependencies'] + d['optional-dependencies']['test']))" > .lock.in
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip compile .lock.in --find-links $(FIND_LINKS) --python-version 3.11 \
-		--index-url https://pypi.org/simple --no-header --no-annotate -o .lock.out
+		--no-header --no-annotate -o .lock.out
 	{ echo "# Full pinned closure for Python 3.11 on Linux x86_64 (CPU). Regenerate with: make lock"; \
 	  echo "# torch comes from the CPU wheel in \$$PIP_FIND_LINKS. NEVER add torchvision."; \
 	  grep -v '^#' .lock.out; } > requirements-lock.txt
