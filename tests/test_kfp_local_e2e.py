@@ -11,6 +11,7 @@ import pytest
 from minimal_recipe import MINIMAL, REPO
 
 
+@pytest.mark.slow  # ~110 s: the whole pipeline on kfp.local; `make test-all` and `make run` cover it
 def test_train_and_promote_on_the_local_runner_ends_in_a_champion(tmp_path, assets_dir, monkeypatch):
     from mlflow import MlflowClient
 

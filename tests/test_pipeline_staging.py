@@ -1,4 +1,4 @@
-"""Checkpoint locations for pipeline tasks over the real S3 protocol (a moto server on 127.0.0.1): a step writes to a
+"""Checkpoint locations for pipeline tasks against a real S3 server (SeaweedFS on 127.0.0.1): a step writes to a
 local staging folder that is published to ``s3://`` (trainer state excluded), and the next task mirrors it back."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from moto_s3 import use_moto
 
 from umeflow.errors import UserError
 from umeflow.pipeline import staging
@@ -15,8 +14,8 @@ BUCKET = "ckpt"
 
 
 @pytest.fixture
-def s3(moto_endpoint, monkeypatch):
-    return use_moto(monkeypatch, moto_endpoint, BUCKET)
+def s3(use_s3):
+    return use_s3(BUCKET)
 
 
 def _write_step_output(out: Path) -> None:

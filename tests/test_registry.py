@@ -211,6 +211,8 @@ def test_checkpoints_are_validated_and_eval_tags_are_valid_mlflow_names(tmp_path
     from mlflow.utils.validation import _validate_tag_name
 
     from umeflow.registry.card import EvalOutput, eval_metrics, eval_tags
+    from safetensors.numpy import save_file
+
     from umeflow.registry.pyfunc import validate_checkpoint
 
     ckpt = tmp_path / "ckpt"
@@ -222,6 +224,9 @@ def test_checkpoints_are_validated_and_eval_tags_are_valid_mlflow_names(tmp_path
     with pytest.raises(UserError, match=r"pickled weight files \['pytorch_model.bin'\]"):
         validate_checkpoint(ckpt)
     (ckpt / "pytorch_model.bin").unlink()
+    with pytest.raises(UserError, match=r"model.safetensors: not a complete safetensors file"):
+        validate_checkpoint(ckpt)
+    save_file({"w": np.zeros((2, 2), np.float32)}, str(ckpt / "model.safetensors"))
     assert validate_checkpoint(ckpt) == ckpt
 
     results = {t.name: {"scores": {"disc_disc": {"hit@1": 0.5}, "pass@4": {"hit@1": 0.75}}} for t in TASKS}
@@ -242,9 +247,9 @@ def test_pyfunc_inputs_are_validated_with_row_and_column(tmp_path):
     Image.new("RGB", (28, 28), (1, 2, 3)).save(img)
     b64 = base64.b64encode(img.read_bytes()).decode()
     items, modes = parse_inputs({"text": ["x", None, ""], "image": [None, str(img), "data:image/png;base64," + b64],
-                                 "mode": [None, "gen", None]}, "disc")
+                                 "mode": [None, "gen", None]}, "disc", root=tmp_path)  # paths: media root only
     assert modes == ["disc", "gen", "disc"]
-    assert items[1].images == (img,) and items[2].images[0].size == (28, 28)
+    assert items[1].images[0].size == (28, 28) and items[2].images[0].size == (28, 28)
     with pytest.raises(UserError, match=r"row 1, column 'image'"):
         parse_inputs({"text": ["a", "b"], "image": [None, "not-a-file-nor-base64"]}, "disc")
     with pytest.raises(UserError, match=r"row 0, column 'mode'"):
@@ -377,6 +382,7 @@ def flow(mlflow_server, assets_dir, tmp_path_factory):
         mp.setenv("UMEFLOW_GIT_SHA", "0123456789abcdef0123456789abcdef01234567")
         mp.setenv("UMEFLOW_IMAGE_DIGEST", "sha256:" + "ab" * 32)
         mp.setenv("KFP_RUN_ID", "8c1f2d3e-kfp-run")
+        mp.setenv("UMEFLOW_SERVE_MEDIA_ROOT", str(tmp))  # the probe's image path is served from here
 
         # while the server boots: two checkpoints and their real evaluations (not tracked)
         v1 = init_tiny(ModelInitConfig(out=str(tmp / "v1"), assets_dir=str(assets_dir), tokenizer="compact"))

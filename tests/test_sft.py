@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from umeflow.config import ModelInitConfig, SFTConfig
 from umeflow.model.chat import GENERATION_PROMPT
@@ -178,6 +179,9 @@ def test_two_steps_under_deepspeed_zero2_on_cpu(compact_model, tmp_path, single_
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "ds" / "metrics.json").read_text())
     assert metrics["global_step"] == 2
+    from umeflow.train.sft import checkpoint_problem
+
+    assert checkpoint_problem(tmp_path / "ds" / "checkpoints" / "checkpoint-2") is None  # DeepSpeed's layout resumes
     before = load_file(str(compact_model / "model.safetensors"))
     after = _weights(tmp_path / "ds")
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
@@ -257,3 +261,140 @@ def test_gradcache_step_on_the_vlm_matches_the_plain_step(compact_model, tmp_pat
     for n, p in model.named_parameters():
         if n in plain:
             torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- resume: same run, complete checkpoints only (#14)
+
+def test_sft_refuses_to_resume_a_run_of_another_seed_or_model(compact_model, tmp_path, capsys):
+    from umeflow.cli import main
+    from umeflow.errors import UserError
+    from umeflow.steps.sft import run
+
+    data = write_sft_fixture(tmp_path, n=16)
+    out = tmp_path / "sft"
+    run(_cfg(compact_model, data, out, max_steps=2, save_steps=2))
+    first = _weights(out)
+
+    # another seed into the same folder: refused by name, nothing published over the old run
+    argv = ["sft", "--model", str(compact_model), "--data", str(data), "--out", str(out), "--max-steps", "2",
+            "--seed", "1", "--set", "per_device_batch_size=8", "--set", "save_steps=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("umeflow sft: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert str(out) in lines[0] and "seed: 0 there, 1 now" in lines[0] and "--out" in lines[0]
+    assert "resume=false" in lines[0]
+
+    # another model (one tensor changed) at another path: refused as a different model
+    other = tmp_path / "other-model"
+    shutil.copytree(compact_model, other)
+    tensors = load_file(str(other / "model.safetensors"))
+    name = sorted(tensors)[len(tensors) // 2]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(other / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(UserError, match=r"model 'model' differs"):
+        run(_cfg(other, data, out, max_steps=2, save_steps=2))
+    for k, v in first.items():
+        assert torch.equal(v, _weights(out)[k])
+
+    # a larger max_steps continues the same run; resume=false starts afresh under the other seed
+    assert run(_cfg(compact_model, data, out, max_steps=3, save_steps=2))["resumed_from_step"] == 2
+    metrics = run(_cfg(compact_model, data, out, max_steps=2, save_steps=2, seed=1, resume=False))
+    assert metrics["resumed_from_step"] == 0 and metrics["global_step"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(compact_model, tmp_path_factory) -> tuple[Path, Path]:
+    """(data, out) of a finished 4-step run with checkpoints 2 and 4 (copy it before changing anything)."""
+    from umeflow.steps.sft import run
+
+    root = tmp_path_factory.mktemp("finished")
+    data = write_sft_fixture(root, n=16)
+    run(_cfg(compact_model, data, root / "sft", max_steps=4, save_steps=2))
+    return data, root / "sft"
+
+
+def test_resume_falls_back_past_a_checkpoint_killed_during_save(compact_model, finished_run, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    from umeflow.steps.sft import run
+
+    data, finished = finished_run
+    save_rng = Trainer._save_rng_state
+
+    def killed_at_step_4(self, output_dir):  # weights and optimizer of checkpoint-4 written, the rest not
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt
+        return save_rng(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(compact_model, data, tmp_path / "killed", max_steps=4, save_steps=2))
+    monkeypatch.undo()
+    half = tmp_path / "killed" / "checkpoints" / "checkpoint-4"
+    assert (half / "model.safetensors").is_file() and not (half / "trainer_state.json").exists()
+
+    metrics = run(_cfg(compact_model, data, tmp_path / "killed", max_steps=4, save_steps=2))
+    assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == 4
+    a, b = _weights(finished), _weights(tmp_path / "killed")  # bit-identical to the run never killed
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_finished_run_whose_newest_checkpoint_lost_its_tail_resumes_from_the_previous_one(
+        compact_model, finished_run, tmp_path, caplog):
+    from umeflow.steps.sft import run
+
+    data, finished = finished_run
+    out = tmp_path / "sft"
+    shutil.copytree(finished, out)
+    _truncate(out / "checkpoints" / "checkpoint-4" / "model.safetensors")
+    metrics = run(_cfg(compact_model, data, out, max_steps=4, save_steps=2))
+    assert metrics["resumed_from_step"] == 2 and metrics["global_step"] == 4
+    assert "skipping incomplete checkpoint" in caplog.text
+    assert "model.safetensors is truncated or damaged" in caplog.text
+    a, b = _weights(finished), _weights(out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["no trainer_state", "truncated optimizer", "truncated rng state", "no marker",
+                                    "marker not JSON"])
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_complete_one(finished_run, tmp_path, damage):
+    from umeflow.train.sft import CHECKPOINT_MARKER, resume_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(finished_run[1] / "checkpoints", ckpts)
+    newest = ckpts / "checkpoint-4"
+    saved = json.loads((newest / CHECKPOINT_MARKER).read_text())
+    identity = {k: saved[k] for k in ("models", "data", "config")}
+    assert resume_checkpoint(ckpts, identity, "sft") == str(newest)
+    {"no trainer_state": lambda: (newest / "trainer_state.json").unlink(),
+     "truncated optimizer": lambda: _truncate(newest / "optimizer.pt"),
+     "truncated rng state": lambda: _truncate(newest / "rng_state.pth"),
+     "no marker": lambda: (newest / CHECKPOINT_MARKER).unlink(),
+     "marker not JSON": lambda: _truncate(newest / CHECKPOINT_MARKER)}[damage]()
+    assert resume_checkpoint(ckpts, identity, "sft") == str(ckpts / "checkpoint-2")
+    _truncate(ckpts / "checkpoint-2" / "model.safetensors")
+    assert resume_checkpoint(ckpts, identity, "sft") is None  # nothing complete left: train from step 0
+
+
+def test_sft_time_cap_fails_the_step_and_a_rerun_resumes(compact_model, tmp_path):
+    from umeflow.errors import UserError
+    from umeflow.steps.sft import run
+
+    data = write_sft_fixture(tmp_path, n=16)
+    out = tmp_path / "sft"
+    # a cap no step fits in: training stops after its first step, with a checkpoint, and the step fails
+    with pytest.raises(UserError, match=r"sft stopped by its time cap \(sft.max_minutes=1e-09\) at step 1 of 3"):
+        run(_cfg(compact_model, data, out, max_steps=3, save_steps=100, max_minutes=1e-9))
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert (out / "checkpoints" / "checkpoint-1" / "umeflow_checkpoint.json").is_file()
+    metrics = run(_cfg(compact_model, data, out, max_steps=3, save_steps=100))  # the cap is not part of the identity
+    assert metrics["resumed_from_step"] == 1 and metrics["global_step"] == 3

@@ -1,4 +1,4 @@
-"""DataRoot over the real S3 protocol (a moto server on 127.0.0.1): loading through s3:// equals loading locally,
+"""DataRoot against a real S3 server (SeaweedFS on 127.0.0.1): loading through s3:// equals loading locally,
 the download cache is reused, and missing keys, buckets and credentials are reported as user errors."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from moto_s3 import use_moto
 from mmeb_fixtures import FIXTURE_TASKS, write_mmeb_fixture
 
 from umeflow.errors import RecordError, UserError
@@ -18,9 +17,9 @@ BUCKET = "mmeb"
 
 
 @pytest.fixture
-def s3_env(moto_endpoint, monkeypatch, tmp_path):
+def s3_env(use_s3, monkeypatch, tmp_path):
     monkeypatch.setenv("UMEFLOW_CACHE_DIR", str(tmp_path / "cache"))
-    return use_moto(monkeypatch, moto_endpoint, BUCKET)
+    return use_s3(BUCKET)
 
 
 @pytest.fixture(scope="module")

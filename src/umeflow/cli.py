@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", help=".npy file; generated texts go to <out>.texts.jsonl in gen mode")
     embed.add_argument("--batch-size", type=int)
     embed.add_argument("--max-new-tokens", type=int)
+    embed.add_argument("--media-root", help="folder the items' media paths are relative to (default: the input "
+                                            "file's folder); paths must stay inside it")
+    embed.add_argument("--allow-any-path", action="store_true", default=None,
+                       help="also accept absolute media paths and paths outside the media root (your own files)")
 
     ann = sub.add_parser("annotate", help="reasoning + summary for each side of each pair (UME-R1 SFT records)")
     _common(ann)
@@ -84,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sft)
     sft.add_argument("--model", help="initial checkpoint")
     sft.add_argument("--data", help="annotate output folder (sft.jsonl + manifest.json)")
-    sft.add_argument("--out")
+    sft.add_argument("--out", help="output folder; a rerun resumes its newest complete checkpoint if it is of the same "
+                                   "model, data and settings (else refused: use another --out, or --set resume=false "
+                                   "to delete its checkpoints)")
     sft.add_argument("--max-steps", type=int)
-    sft.add_argument("--max-minutes", type=float)
+    sft.add_argument("--max-minutes", type=float, help="safety net: stop with a checkpoint and fail (exit 2)")
     sft.add_argument("--seed", type=int)
     sft.add_argument("--deepspeed", help="DeepSpeed JSON (configs/deepspeed/zero2.json | zero3.json)")
 
@@ -94,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(grpo)
     grpo.add_argument("--model", help="policy's initial checkpoint (an SFT output)")
     grpo.add_argument("--data", help="pairs.jsonl / rl.jsonl or the folder holding it")
-    grpo.add_argument("--out")
+    grpo.add_argument("--out", help="output folder; resumed as sft --out is (same run only)")
     grpo.add_argument("--recipe", choices=["ume_r1", "embed_rl"])
     grpo.add_argument("--embedder", help="embed_rl: the frozen umeflow checkpoint that embeds input + T-CoT")
     grpo.add_argument("--max-steps", type=int)
-    grpo.add_argument("--max-minutes", type=float)
+    grpo.add_argument("--max-minutes", type=float, help="safety net: stop with a checkpoint and fail (exit 2)")
     grpo.add_argument("--seed", type=int)
     grpo.add_argument("--deepspeed", help="DeepSpeed JSON (configs/deepspeed/zero2.json | zero3.json)")
 
@@ -184,7 +190,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(EmbedConfig, args.config, args.overrides, model=args.model, input=args.input,
                           mode=args.mode, out=args.out, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens)
+                          max_new_tokens=args.max_new_tokens, media_root=args.media_root,
+                          allow_any_path=args.allow_any_path)
         embed.run(cfg)
         return 0
     if cmd == "annotate":

@@ -118,6 +118,11 @@ class EmbedConfig(EmbeddingInputs):
     temperature: float = 1.0
     num_samples: int = 1
     seed: int = 0
+    # media paths in the items file resolve against media_root ("" = the items file's folder) and must stay inside
+    # it; allow_any_path (--allow-any-path) accepts any path, absolute or outside it (the user's own files)
+    media_root: str = ""
+    allow_any_path: bool = False
+    max_input_tokens: int = 8192  # an item whose text has more tokens is refused by name (0 = no limit)
 
 
 @dataclass
@@ -130,6 +135,7 @@ class EvaluateConfig(EmbeddingInputs):
     out: str = "state/eval"
     batch_size: int = 8
     max_new_tokens: int = 64  # UME-R1 evaluates with 8,192 (configs/qwen2-vl-*.yaml); small budgets cut reasoning
+    max_input_tokens: int = 8192  # a query or candidate whose text has more tokens is refused by task and row
     # a task where more than this fraction of queries or candidates generated no usable <gen_emb> (fallback state)
     # gets a WARNING in the log and in report.md: usually max_new_tokens is too small for the model's reasoning
     gen_fallback_warn_rate: float = 0.05
@@ -188,6 +194,7 @@ class SFTConfig:
     out: str = "state/sft"  # checkpoints/ (resumable) and model/ (the final safetensors checkpoint)
     seed: int = 0
     on_bad_record: str = "error"
+    max_input_tokens: int = 8192  # a record side whose turns have more text tokens is a bad record (0 = no limit)
     # optimisation
     per_device_batch_size: int = 32
     gradient_accumulation_steps: int = 1
@@ -197,8 +204,10 @@ class SFTConfig:
     weight_decay: float = 0.0
     adam_beta2: float = 0.999
     max_grad_norm: float = 1.0
-    max_steps: int = 200
-    max_minutes: float = 0.0  # >0: stop (and save) when this much training time has passed
+    max_steps: int = 200  # what bounds a run (recipes never bound by minutes: a busy machine would train less)
+    # safety net, 0 = off: >0 stops at this much training time with a checkpoint and FAILS the step (exit 2, no
+    # model published); rerunning resumes from that checkpoint
+    max_minutes: float = 0.0
     # loss (UME-R1: all weights 1, logit scale 50)
     weight_gen_contrastive: float = 1.0
     weight_disc_contrastive: float = 1.0
@@ -231,7 +240,10 @@ class SFTConfig:
     logging_steps: int = 10
     save_steps: int = 50
     save_total_limit: int = 2
-    resume: bool = True  # continue from the last checkpoint under out/checkpoints when there is one
+    # true: continue from the newest complete checkpoint under out/checkpoints, only if it is of the same run (model
+    # fingerprint, data hash and result-changing settings match; max_steps may differ), else refuse;
+    # false: delete out/checkpoints and train from step 0
+    resume: bool = True
     tracking_uri: str = ""  # MLflow; empty = MLFLOW_TRACKING_URI from the environment, if set
 
 
@@ -251,6 +263,7 @@ class GRPOConfig:
     out: str = "state/grpo"
     seed: int = 0
     on_bad_record: str = "error"
+    max_input_tokens: int = 8192  # a pair whose side has more text tokens is a bad record (0 = no limit)
     max_pairs: int = 0  # 0 = every pair; else a seeded subset
     datasets: str = ""  # comma-separated dataset_name filter (empty = all)
     # umeflow/Embed-RL: each step's pairs come from one dataset with distinct targets (hard, true negatives);
@@ -277,7 +290,7 @@ class GRPOConfig:
     loss_type: str = "dr_grpo"  # UME-R1: per-sequence Σ token losses / max_completion_length
     scale_rewards: str = "group"  # (r − mean_G) / (std_G + 1e-4)
     max_steps: int = 100
-    max_minutes: float = 0.0
+    max_minutes: float = 0.0  # safety net as sft.max_minutes: >0 stops with a checkpoint and FAILS the step
     # UME-R1 reward weights (format + rank × gap)
     weight_format: float = 1.0
     weight_embedding: float = 1.0
@@ -296,6 +309,14 @@ class GRPOConfig:
     judge_candidates: int = 4  # other pairs shown to the judge besides the positives
     # safety net: stop when every group has zero reward variance for this many consecutive logged steps (0 = off)
     zero_std_patience: int = 20
+    # safety net: from step format_check_steps on, stop with an error when, over the last format_check_steps steps,
+    # the mean format reward (rewards/format/mean; embed_rl: rewards/tcot_format/mean) is below min_format_rate, or
+    # the mean share of rollouts without a usable <gen_emb> (embedding/fallback_rate, ume_r1) is above
+    # max_fallback_rate (1 = off). A healthy tiny run logs format ~0.9 and fallback ~0.1; one after an SFT cut short
+    # at step 71 of 560 logged format 0 and fallback 0.72. format_check_steps 0 = off.
+    format_check_steps: int = 20
+    min_format_rate: float = 0.05
+    max_fallback_rate: float = 0.5
     # scale
     deepspeed: str = ""
     bf16: bool = False
@@ -309,7 +330,7 @@ class GRPOConfig:
     logging_steps: int = 1
     save_steps: int = 50
     save_total_limit: int = 2
-    resume: bool = True
+    resume: bool = True  # as sft.resume: only a complete checkpoint of the same run; false deletes out/checkpoints
     tracking_uri: str = ""
 
 
@@ -373,6 +394,20 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         tp = args[0]
+    origin = typing.get_origin(tp)
+    if origin is dict:  # e.g. sft.dataset_repeats: a string here would be read as its characters later on
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}={value!r} must be a mapping, e.g. {key}={{name: 2}} in --set "
+                              f"(YAML flow style) or a nested block in the recipe")
+        key_tp, value_tp = typing.get_args(tp) or (Any, Any)
+        return {_coerce(k, key_tp, f"{key} key", source): _coerce(v, value_tp, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key}={value!r} must be a list, e.g. {key}=[a, b] in --set (YAML flow "
+                              f"style) or a YAML list in the recipe")
+        item_tp = (typing.get_args(tp) or (Any,))[0]
+        return origin(_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value))
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -392,6 +427,17 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
+# Sizes that count items per batch / step / chunk: 0 or less would loop forever, divide by zero or build empty
+# batches deep inside a step, so load_config refuses them up front, naming the key and where it was set.
+POSITIVE_KEYS = frozenset({"batch_size", "per_device_batch_size", "gradient_accumulation_steps", "num_generations",
+                           "pairs_per_step", "cache_chunk_size", "concurrency", "num_samples"})
+
+
+def _yaml_kind(doc: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(doc),
+                                                                                          type(doc).__name__)
+
+
 def load_config(cls: type[T], path: str | os.PathLike | list | None = None, overrides: list[str] | None = None,
                 **explicit: Any) -> T:
     """Build ``cls`` from the recipe section ``cls.SECTION`` of ``path``, then ``overrides``, then ``explicit``.
@@ -402,6 +448,7 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
+    origins: dict[str, Any] = {}  # key -> value -> "where it was set" text, for error messages
     paths = [q for q in (path if isinstance(path, (list, tuple)) else [path]) if q]
     for p in map(Path, paths):
         if not p.is_file():
@@ -410,6 +457,9 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
             doc = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"recipe {p}: invalid YAML: {e}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"recipe {p}: the top level must be a mapping of step sections (data:, sft:, "
+                              f"evaluate: ...), got a YAML {_yaml_kind(doc)}")
         section = doc.get(cls.SECTION, {}) or {}
         if not isinstance(section, dict):
             raise ConfigError(f"recipe {p}: section '{cls.SECTION}' must be a mapping")
@@ -417,6 +467,7 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
             if k not in names:
                 raise ConfigError(f"recipe {p}: unknown key '{cls.SECTION}.{k}' (known: {', '.join(sorted(names))})")
             values[k] = _coerce(v, hints[k], f"{cls.SECTION}.{k}", str(p))
+            origins[k] = lambda value, p=p, k=k: f"recipe {p}: {cls.SECTION}.{k}={value!r}"
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
@@ -427,16 +478,24 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
         if k not in names:
             raise ConfigError(f"--set {item!r}: unknown key '{k}' for step '{cls.SECTION}' "
                               f"(known: {', '.join(sorted(names))})")
-        values[k] = _coerce(yaml.safe_load(v) if v else v, hints[k], k, "--set")
+        values[k] = _coerce(yaml.safe_load(v) if v else v, hints[k], f"{cls.SECTION}.{k}", "--set")
+        origins[k] = lambda value, k=k: f"--set {cls.SECTION}.{k}={value!r}"
     for k, v in explicit.items():
         if v is not None:
             values[k] = _coerce(v, hints[k], k, "command line")
+            origins[k] = lambda value, k=k: f"--{k.replace('_', '-')} {value!r} ({cls.SECTION}.{k})"
+    for k in sorted(POSITIVE_KEYS & names):
+        if k in values and values[k] is not None and values[k] < 1:
+            raise ConfigError(f"{origins[k](values[k])}: must be at least 1")
     return cls(**values)
 
 
 def config_hash(cfg: Any) -> str:
-    """Stable short hash of a resolved config, recorded in run_info.json and lineage tags."""
-    blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str).encode()
+    """Stable short hash of a resolved config, recorded in run_info.json and lineage tags. Credentials in URIs are
+    masked first: a short hash of a known config would let anyone test guesses of the password."""
+    from umeflow.tracking import redact_values
+
+    blob = json.dumps(redact_values(dataclasses.asdict(cfg)), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

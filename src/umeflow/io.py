@@ -51,11 +51,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def iter_jsonl_lenient(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, record)``, or ``(line_number, RecordError)`` for a malformed line, so that callers
-    in skip mode can count it and go on."""
+    in skip mode can count it and go on.
+
+    The file is read as bytes and each line decoded on its own: one line that is not UTF-8 is that line's error
+    (named by its number), not a ``UnicodeDecodeError`` for the whole file. Lines end at ``\n`` only.
+    """
     from umeflow.errors import RecordError
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                # a BOM some editors put at the start of a file is not part of the first record
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, RecordError(path, lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                                                              f"byte column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -126,10 +137,12 @@ def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] 
                    extra: dict[str, Any] | None = None, name: str = "run_info.json") -> dict:
     """Write the step contract's ``run_info.json``: git sha, resolved config + hash, input hashes, MLflow run."""
     from umeflow.config import config_hash
+    from umeflow.tracking import redact_values
 
     info = {
         "git_sha": git_sha(),
-        "config": dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg,
+        # credentials in any URI of the config (a tracking URI, an endpoint) never reach a stored file
+        "config": redact_values(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg),
         "config_hash": config_hash(cfg) if dataclasses.is_dataclass(cfg) else None,
         "inputs": inputs or {},
         "mlflow_run_id": _active_mlflow_run_id() or os.environ.get("MLFLOW_RUN_ID"),
@@ -138,3 +151,32 @@ def write_run_info(out_dir: str | os.PathLike, cfg: Any, inputs: dict[str, str] 
     info.update(extra or {})
     write_json(Path(out_dir) / name, info)
     return info
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, before a step does any work, that it can write ``path`` (a folder, existing or to be created).
+
+    A step publishes its outputs at the end (``atomic_path``), so a read-only or impossible output location would
+    otherwise surface only after the whole run. The check creates and removes a probe file in ``path`` if it exists
+    and in the nearest existing folder above it (where ``atomic_path`` makes its temporary sibling), rather than
+    reading permission bits, which say nothing about read-only mounts, ACLs or root. Raises ``UserError`` naming it.
+    """
+    from umeflow.errors import UserError
+
+    target = Path(path).expanduser()
+    # the folder itself (outputs written inside it) and its parent (temp sibling + rename); the nearest existing
+    # ancestor stands in for one that does not exist yet, since the step would create it there
+    candidates = [target, target.parent] if target.exists() else [target.parent]
+    for cand in candidates:
+        existing = cand
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"{what} {target} cannot be created: {existing} is not a folder")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".umeflow-write-probe-", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise UserError(f"{what} {target} is not writable ({existing}: {e.strerror or e})") from None
+    return target

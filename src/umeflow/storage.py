@@ -35,6 +35,30 @@ def _clean_rel(rel: str | os.PathLike) -> str:
     return "/".join(parts)
 
 
+class OutsideRoot(ValueError):
+    """A record's media path that is absolute, climbs out of its root, or resolves outside it through a symlink."""
+
+
+def path_inside(root: str | os.PathLike, rel: str | os.PathLike) -> Path:
+    """``root / rel`` for a media path a record names, refusing (``OutsideRoot``) anything that leaves ``root``.
+
+    Records come from files users and annotators write; a path like ``../../x.png``, ``/etc/x.png`` or a symlink
+    to a file elsewhere would make a step read (and train on, or publish) a file outside the data it was given.
+    The check resolves symlinks, so ``a/../b`` inside the root is fine and a symlinked root itself is fine.
+    """
+    root = Path(root)
+    text = str(rel)
+    if Path(text).is_absolute() or PurePosixPath(text.replace(os.sep, "/")).is_absolute():
+        raise OutsideRoot(f"path {text!r} is absolute; media paths are relative to the data root {root}")
+    target = root / text
+    real_root, real = root.resolve(), target.resolve()
+    if real != real_root and real_root not in real.parents:
+        climbs = ".." in PurePosixPath(text.replace(os.sep, "/")).parts
+        how = "leaves" if climbs else "resolves (through a symlink) outside"
+        raise OutsideRoot(f"path {text!r} {how} the data root {root}")
+    return target
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b/`` -> ``("bucket", "a/b")``."""
     if not uri.startswith("s3://"):

@@ -3,6 +3,8 @@
 Each answer is appended the moment it arrives (flush + fsync per line), so a killed run keeps every completed call and
 the rerun repeats none of them. Every run writes its own shard, so concurrent runs never interleave lines and a line
 torn by a kill can only be the last line of a shard that nobody appends to again; torn lines are skipped and counted.
+A shard's name is random and the file is created exclusively, so runs on several machines sharing the folder (where
+pids and clocks repeat) can never append to one file; no lock is needed, nor trusted on every shared volume.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 
@@ -44,8 +47,8 @@ class ResponseCache:
         with self._lock:
             if self._shard is None:  # opened on the first answer, so a fully cached rerun adds no file
                 self.folder.mkdir(parents=True, exist_ok=True)
-                name = f"shard-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**9:09d}.jsonl"
-                self._shard = open(self.folder / name, "a", encoding="utf-8")
+                name = f"shard-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex}.jsonl"
+                self._shard = open(self.folder / name, "x", encoding="utf-8")  # "x": never someone else's shard
             self._shard.write(line)
             self._shard.flush()
             os.fsync(self._shard.fileno())

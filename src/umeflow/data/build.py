@@ -331,13 +331,14 @@ def build(cfg: DataConfig, progress: Callable[[str], None] = log.info) -> dict:
         raise UserError(f"data.eval_tuxpaint_fraction must be in (0, 1), got {cfg.eval_tuxpaint_fraction}")
     if cfg.eval_retrieval_candidates < 2:
         raise UserError(f"data.eval_retrieval_candidates must be >= 2, got {cfg.eval_retrieval_candidates}")
+    wordnet = src.WordNet(cfg.assets_dir)  # checks its files now: a missing one stops the build before any work
     with atomic_path(cfg.out) as out:
         b = _Builder(cfg, out, counter)
         progress("loading Tux Paint stamps")
         tux_train, tux_eval, tux_dropped = _load_stamps(cfg, counter)
         progress(f"Tux Paint split: {len(tux_train)} train, {len(tux_eval)} eval, {tux_dropped} train stamps "
                  f"dropped for sharing an eval caption")
-        b.train_fashion(src.WordNet(cfg.assets_dir))
+        b.train_fashion(wordnet)
         b.train_mnist()
         b.train_tuxpaint(tux_train)
         b.pairs = [b.pairs[i] for i in b.rng("train order").permutation(len(b.pairs))]  # mixed batches

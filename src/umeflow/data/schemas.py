@@ -17,15 +17,19 @@ Kinds:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from umeflow.errors import BadRecordCounter, RecordError
 from umeflow.io import iter_jsonl_lenient
+from umeflow.model.items import TextBudget
+from umeflow.model.vision import PixelBudgetError, open_bounded
+from umeflow.storage import OutsideRoot, path_inside
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -147,16 +151,56 @@ VALIDATORS: dict[str, Callable[[dict], Media]] = {
 }
 
 
-def _check_image(path: Path) -> str | None:
-    """None if ``path`` is a readable image, else the reason. ``verify`` checks structure without decoding pixels."""
-    if not path.is_file():
-        return "does not exist"
+def image_problem(path: Path) -> str | None:
+    """None if ``path`` is an image whose pixels decode, else the reason.
+
+    Decoding fully (``load``), not only ``verify``: a PNG with garbage pixel data but valid chunk checksums passes
+    ``verify`` and would fail only in the middle of training, without naming its record. An image over the pixel
+    budget (a decompression bomb) is refused from its header, before decoding."""
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        st = path.stat()
+    except OSError:
+        return "does not exist"
+    if not path.is_file():
+        return "is not a file"
+    return _decode_problem(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+# Keyed by (resolved path, size, mtime): steps validate the same images again and again (annotate, sft and grpo in one
+# pipeline process; the data build's self-check), and a changed file is decoded again.
+@functools.lru_cache(maxsize=1 << 18)
+def _decode_problem(path: str, size: int, mtime_ns: int) -> str | None:
+    try:
+        with open_bounded(path) as im:
+            im.load()
+    except PixelBudgetError as e:
+        return str(e)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:
         return f"is not a readable image ({type(e).__name__}: {e})"
     return None
+
+
+def _side_texts(rec: dict) -> list[tuple[str, str]]:
+    """ume_sft: one input per side, its turns as the model reads them together."""
+    return [(f"{side}.conversations", "".join(t["value"] for t in rec[side]["conversations"]))
+            for side in ("qry", "pos")]
+
+
+def _neg_texts(rec: dict) -> list[str]:
+    neg = rec.get("neg_text") or []
+    return [neg] if isinstance(neg, str) else neg
+
+
+# The texts of a (validated) record that a model reads, as (field, text), for the token budget.
+TEXTS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
+    "mmeb_train": lambda r: [("qry", r["qry"]), ("pos_text", r["pos_text"])]
+                            + [("neg_text", t) for t in _neg_texts(r)],
+    "ume_sft": _side_texts,
+    "ume_rl": lambda r: [("qry_text", r["qry_text"]), ("pos_text", r["pos_text"])],
+    "mmeb_image_task": lambda r: [("qry_text", r["qry_inst"] + " " + r["qry_text"])]
+                                 + [("tgt_text", r["tgt_inst"] + " " + t) for t in r["tgt_text"]],
+    "mmeb_video_cls": lambda r: [("pos_text", r["pos_text"])],
+}
 
 
 def _check_frames(folder: Path) -> str | None:
@@ -166,19 +210,26 @@ def _check_frames(folder: Path) -> str | None:
     if not frames:
         return "has an empty frame folder"
     for frame in frames:
-        if reason := _check_image(frame):
+        try:
+            path_inside(folder, frame.name)  # a frame symlinked to a file elsewhere leaves the data root too
+        except OutsideRoot as e:
+            return f"frame {frame.name}: {e}"
+        if reason := image_problem(frame):
             return f"frame {frame.name} {reason}"
     return None
 
 
 def load_records(path: str | os.PathLike, kind: str, media_root: str | os.PathLike | None = None,
-                 on_bad_record: str | BadRecordCounter = "error") -> tuple[list[dict], BadRecordCounter]:
+                 on_bad_record: str | BadRecordCounter = "error",
+                 budget: TextBudget | None = None) -> tuple[list[dict], BadRecordCounter]:
     """Read and validate a JSONL file of records of ``kind``; return ``(records, counter)``.
 
-    With ``media_root`` every referenced image must exist under it and be a readable image (video frame folders
-    must hold readable frames). Each returned record gets ``_line`` (its line number) so later errors can point
-    back to the file. ``on_bad_record="error"`` raises the first ``RecordError``; ``"skip"`` (or a shared counter)
-    counts bad records and returns the rest.
+    With ``media_root`` every referenced image must lie inside it (no absolute path, no ``..`` out of it, no
+    symlink that resolves outside it: ``storage.path_inside``), exist and decode (video frame folders must hold
+    decodable frames), within the pixel budget. With ``budget`` every text a model reads must fit its token budget
+    (``TEXTS``). Each returned record gets ``_line`` (its line number) so later errors can point back to the file.
+    ``on_bad_record="error"`` raises the first ``RecordError``; ``"skip"`` (or a shared counter) counts bad records
+    and returns the rest.
     """
     if kind not in VALIDATORS:
         raise ValueError(f"unknown record kind {kind!r} (known: {', '.join(VALIDATORS)})")
@@ -199,10 +250,19 @@ def load_records(path: str | os.PathLike, kind: str, media_root: str | os.PathLi
             if root is not None:
                 for field, rel, is_dir in media:
                     if rel not in media_status:
-                        target = root / rel
-                        media_status[rel] = _check_frames(target) if is_dir else _check_image(target)
+                        try:
+                            target = path_inside(root, rel)
+                        except OutsideRoot as e:
+                            media_status[rel] = str(e)
+                        else:
+                            status = _check_frames(target) if is_dir else image_problem(target)
+                            media_status[rel] = status and f"{rel} {status} under {root}"
                     if media_status[rel]:
-                        raise FieldError(field, f"{rel} {media_status[rel]} under {root}")
+                        raise FieldError(field, media_status[rel])
+            if budget is not None:
+                for field, text in TEXTS[kind](rec):
+                    if reason := budget.check(text):
+                        raise FieldError(field, f"text {reason}")
         except FieldError as e:
             counter.handle(RecordError(path, lineno, e.field, e.reason))
             continue
@@ -211,4 +271,4 @@ def load_records(path: str | os.PathLike, kind: str, media_root: str | os.PathLi
     return records, counter
 
 
-__all__ = ["load_records", "VALIDATORS", "FieldError", "IMAGE_SUFFIXES"]
+__all__ = ["load_records", "image_problem", "VALIDATORS", "TEXTS", "FieldError", "IMAGE_SUFFIXES"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -105,8 +106,10 @@ def opencv_digits(assets_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def open_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image, turning any decoding failure into a ``RecordError`` naming the file."""
+    from umeflow.model.vision import open_bounded  # refuses a decompression bomb (PixelBudgetError, a ValueError)
+
     try:
-        with Image.open(path) as im:
+        with open_bounded(path) as im:
             im.load()
             return im.copy()
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
@@ -147,7 +150,14 @@ def tuxpaint_stamps(assets_dir: str | Path, counter: BadRecordCounter) -> list[S
     for txt in sorted(root.rglob("*.txt")):
         rel = txt.relative_to(root).with_suffix("")
         png = txt.with_suffix(".png")
-        if _VARIANT.search(rel.name) or not png.is_file() or len(rel.parts) < 2:
+        if _VARIANT.search(rel.name) or len(rel.parts) < 2:
+            continue
+        if not png.is_file():
+            # no PNG at all is an SVG-only stamp (skipped by design); a PNG name that exists but does not lead to
+            # a file (a symlink loop, a dangling link, a folder) is a damaged stamp and is counted
+            if os.path.lexists(png):
+                counter.handle(RecordError(png, None, "image", "not a readable file (a symlink loop, a dangling "
+                                                               "symlink or a folder)"))
             continue
         try:
             first = txt.read_text(encoding="utf-8-sig").splitlines()[0].strip() if txt.stat().st_size else ""
@@ -180,8 +190,15 @@ class WordNet:
     nltk's reader wants a ``lexnames`` file that the Debian package lacks; the two files needed here are simple.
     """
 
+    FILES = ("index.noun", "data.noun")
+
     def __init__(self, assets_dir: str | Path):
         self.root = asset_path(assets_dir, "wordnet") / WORDNET_DIR
+        # checked here, before any work, so a damaged extraction stops the build at once with the fix to run
+        for name in self.FILES:
+            if not (self.root / name).is_file():
+                raise UserError(f"{self.root / name} is missing (damaged WordNet asset); re-extract it with "
+                                f"`umeflow assets fetch --cache-dir {assets_dir} --only wordnet`")
 
     @cached_property
     def _first_offset(self) -> dict[str, str]:

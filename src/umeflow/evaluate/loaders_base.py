@@ -7,7 +7,9 @@ See ``umeflow.evaluate.loaders`` for the layout and the entry point ``load_task`
 from __future__ import annotations
 
 import itertools
+import posixpath
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,7 +18,7 @@ from umeflow.errors import RecordError, UserError
 from umeflow.evaluate.tasks import TaskData, TaskMeta, sample_frame_names
 from umeflow.io import iter_jsonl_lenient, iter_parquet_rows
 from umeflow.model.items import Item
-from umeflow.storage import DataRoot
+from umeflow.storage import DataRoot, OutsideRoot, path_inside
 
 ANNOTATION_SUFFIXES = (".jsonl", ".parquet")
 
@@ -92,17 +94,29 @@ def find_annotation(root: DataRoot, rel: str, task: str) -> str:
     raise UserError(f"task {task}: annotation file {' or '.join(root.display(o) for o in options)} does not exist")
 
 
+# The row a loader is turning into queries and candidates (set by ``iter_rows``; a generator shares its caller's
+# context), so that ``Collector`` records where each input came from without every parser passing the row along.
+_CURRENT_ROW: ContextVar["Row | None"] = ContextVar("umeflow_current_row", default=None)
+
+
+def _current_origin() -> str | None:
+    row = _CURRENT_ROW.get()
+    return f"{row.path}:{row.line}" if row is not None else None
+
+
 def iter_rows(root: DataRoot, rel: str) -> Iterator[Row]:
     shown = root.display(rel)
     local = root.path(rel)
     if rel.endswith(".parquet"):  # streamed: a task that keeps the first n rows reads no further
-        for i, rec in enumerate(iter_parquet_rows(local, shown), 1):
-            yield Row(shown, i, rec)
-        return
-    for line, rec in iter_jsonl_lenient(local):
-        if isinstance(rec, RecordError):  # re-raise naming the data-root path, not the S3 cache copy
-            raise RecordError(shown, rec.line, rec.field, rec.reason)
-        yield Row(shown, line, rec)
+        rows = (Row(shown, i, rec) for i, rec in enumerate(iter_parquet_rows(local, shown), 1))
+    else:
+        rows = (Row(shown, line, rec) for line, rec in iter_jsonl_lenient(local))
+    for row in rows:
+        if isinstance(row.rec, RecordError):  # re-raise naming the data-root path, not the S3 cache copy
+            raise RecordError(shown, row.rec.line, row.rec.field, row.rec.reason)
+        _CURRENT_ROW.set(row)
+        yield row
+    _CURRENT_ROW.set(None)
 
 
 def task_rows(meta: TaskMeta, root: DataRoot, rel: str) -> Iterator[Row]:
@@ -115,18 +129,30 @@ def task_rows(meta: TaskMeta, root: DataRoot, rel: str) -> Iterator[Row]:
 # ----------------------------------------------------------------------------------------------------- media
 
 def rel_path(*parts: str) -> str:
-    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+    """Join root-relative parts. A part that is absolute (a record naming ``/etc/x.png``) restarts the path, as
+    ``posixpath.join`` does, so that ``inside`` sees it and refuses it instead of finding it under the media root."""
+    kept = [p for p in parts if p and p.strip("/")]
+    return posixpath.join(*kept).rstrip("/") if kept else ""
 
 
-def inside(row: Row, field: str, rel: str) -> str:
-    """A record must not point outside the data root; say which record does."""
-    if ".." in PurePosixPath(rel).parts:
+def inside(root: DataRoot, row: Row, field: str, rel: str) -> str:
+    """A record must not point outside the data root (``..``, an absolute path, or, on a local root, a symlink that
+    resolves elsewhere: the rule every step's record loader applies, ``storage.path_inside``); say which record does."""
+    if rel.startswith("/"):
+        raise row.error(field, f"path {rel!r} is absolute; media paths are relative to the data root")
+    if ".." in PurePosixPath(rel).parts:  # DataRoot refuses any "..", even one that comes back inside
         raise row.error(field, f"path {rel!r} leaves the data root")
+    if root.is_s3:  # no symlinks in a bucket
+        return rel
+    try:
+        path_inside(root.local_root, rel)
+    except OutsideRoot as e:
+        raise row.error(field, str(e)) from None
     return rel
 
 
 def media_file(root: DataRoot, row: Row, field: str, rel: str) -> Path:
-    if not root.is_file(inside(row, field, rel)):
+    if not root.is_file(inside(root, row, field, rel)):
         raise row.error(field, f"media file {root.display(rel)} does not exist")
     return root.path(rel)
 
@@ -134,7 +160,7 @@ def media_file(root: DataRoot, row: Row, field: str, rel: str) -> Path:
 def frames(root: DataRoot, row: Row, field: str, rel_dir: str, n: int | None) -> tuple[Path, ...]:
     """The frames MMEB-V2 feeds from a pre-extracted frame folder (``sample_frame_names``: natural order, ``n`` by
     linspace, all of a shorter folder, all when ``n`` is None); only the chosen files are fetched from S3."""
-    if not root.is_dir(inside(row, field, rel_dir)):
+    if not root.is_dir(inside(root, row, field, rel_dir)):
         raise row.error(field, f"frame folder {root.display(rel_dir)} does not exist")
     chosen = sample_frame_names(root.listdir(rel_dir), n)
     if not chosen:
@@ -164,14 +190,18 @@ class Collector:
         self.cand_lists: list[list[str]] = []
         self.rel_scores: list[list[float]] = []
         self.pool: dict[str, Item] = {}
+        self.query_origins: list[str | None] = []
+        self.candidate_origins: dict[str, str | None] = {}
 
     def candidate(self, name: str, make: Callable[[], Item]) -> str:
         if name not in self.pool:
             self.pool[name] = make()
+            self.candidate_origins[name] = _current_origin()
         return name
 
     def add(self, query: Item, labels: list[str], cands: list[str] | None = None, rel: list[float] | None = None):
         self.queries.append(query)
+        self.query_origins.append(_current_origin())
         self.labels.append(labels)
         self.cand_lists.append(list(dict.fromkeys(cands if cands is not None else labels)))
         if rel is not None:
@@ -181,4 +211,5 @@ class Collector:
         if not self.queries:
             raise UserError(f"task {self.meta.name}: {self.source} has no rows")
         local = self.cand_lists if self.meta.eval_type == "local" else None
-        return TaskData(self.meta, self.queries, self.labels, self.pool, local, self.rel_scores or None)
+        return TaskData(self.meta, self.queries, self.labels, self.pool, local, self.rel_scores or None,
+                        self.query_origins, self.candidate_origins)

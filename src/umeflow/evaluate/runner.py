@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from umeflow.errors import UserError
 from umeflow.evaluate import selector
 from umeflow.evaluate.cache import EmbeddingCache, content_key, setting_name
 from umeflow.evaluate.metrics import mean_scores, per_query, query_metric_rows
 from umeflow.evaluate.tasks import TaskData, TaskMeta, load_task
-from umeflow.model.items import Item
+from umeflow.model.items import Item, TextBudget
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def subsample(data: TaskData, max_queries: int, seed: int) -> TaskData:
     idx = np.sort(np.random.default_rng(seed).choice(len(data.queries), max_queries, replace=False))
     pick = lambda xs: [xs[i] for i in idx] if xs is not None else None  # noqa: E731
     return TaskData(data.meta, pick(data.queries), pick(data.labels), data.candidates, pick(data.query_candidates),
-                    pick(getattr(data, "rel_scores", None)))
+                    pick(getattr(data, "rel_scores", None)), pick(data.query_origins), data.candidate_origins)
 
 
 def _scores_and_rankings(data: TaskData, q: np.ndarray, names: list[str], c: np.ndarray):
@@ -156,8 +157,20 @@ def _scores_and_rankings(data: TaskData, q: np.ndarray, names: list[str], c: np.
     return rankings, np.asarray(conf), raw
 
 
+def check_text_budget(data: TaskData, names: list[str], budget: TextBudget) -> None:
+    """Refuse the first query or candidate (of those scored) whose text is over ``budget``, naming the row it was
+    read from (``file:line``) and the task."""
+    q_origins = data.query_origins or [None] * len(data.queries)
+    c_origins = data.candidate_origins or {}
+    inputs = [("query", q, where) for q, where in zip(data.queries, q_origins)]
+    inputs += [(f"candidate {n[:80]!r}", data.candidates[n], c_origins.get(n)) for n in names]
+    for what, item, where in inputs:
+        if reason := budget.check(item.text):
+            raise UserError(f"{where or data.meta.name}: task {data.meta.name}: the {what} text {reason}")
+
+
 def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple[str, ...],
-                  max_queries: int = 0, seed: int = 0, pass_k: int = 0) -> dict:
+                  max_queries: int = 0, seed: int = 0, pass_k: int = 0, budget: TextBudget | None = None) -> dict:
     full = load_task(meta, data_root)
     data = subsample(full, max_queries, seed)
     rel = getattr(data, "rel_scores", None)
@@ -166,6 +179,8 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         used = {n for lst in data.query_candidates for n in lst}
         names = [n for n in names if n in used]
     cand_items = [data.candidates[n] for n in names]
+    if budget is not None:  # before any embedding: one over-long text would run for minutes or exhaust memory
+        check_text_budget(data, names, budget)
     q_emb, c_emb, q_keys, c_keys = {}, {}, [], []
     for mode in sorted(modes, key=lambda m: m != "gen"):  # gen first: it brings the disc vectors along
         q_emb[mode], q_keys = store.embed(data.queries, mode, desc=f"{meta.name} queries")

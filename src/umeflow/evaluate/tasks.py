@@ -82,6 +82,9 @@ class TaskData:
     candidates: dict[str, Item]  # name -> item (deduplicated, first occurrence wins)
     query_candidates: list[list[str]] | None  # local tasks: each query's own candidate names
     rel_scores: list[list[float]] | None = None  # graded relevance aligned with labels (visdoc qrels); None = binary
+    # where each query / candidate was read ("file:line"), for messages about one input (e.g. over the token budget)
+    query_origins: list[str | None] | None = None
+    candidate_origins: dict[str, str | None] | None = None
 
 
 def offline_tasks(data_root: str | os.PathLike | DataRoot) -> list[TaskMeta]:
@@ -97,9 +100,15 @@ def offline_tasks(data_root: str | os.PathLike | DataRoot) -> list[TaskMeta]:
         raw = json.loads(root.path("tasks.json").read_text())
     except json.JSONDecodeError as e:
         raise RecordError(shown, e.lineno, None, f"malformed JSON: {e.msg}") from None
+    if not isinstance(raw, list):
+        got = "an object" if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise RecordError(shown, None, None, f"must hold a list of tasks ([{{\"name\": ..., \"modality\": ..., "
+                                             f"\"category\": ..., \"file\": ...}}, ...]), got {got}")
     known = {f.name for f in fields(TaskMeta)}
     tasks = []
     for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise RecordError(shown, None, f"[{i}]", f"each task must be a JSON object, got {entry!r:.60}")
         unknown = set(entry) - known
         if unknown:
             raise RecordError(shown, None, f"[{i}].{sorted(unknown)[0]}", "unknown task field")

@@ -129,6 +129,56 @@ def add_embedding_tokens(model, tokenizer, family: Family) -> dict[str, int]:
     return ids
 
 
+# Weight files that are Python pickles: loading one runs arbitrary code, so no step loads them (register refuses
+# them too). Checkpoints are safetensors only; convert with ``save_pretrained(..., safe_serialization=True)``.
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+# A tokenizer is its fast-tokenizer file or the vocabulary + merges a BPE tokenizer is rebuilt from. Without either,
+# transformers quietly builds an empty tokenizer and the first error is about a missing token, far from the cause.
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+
+
+def check_model_files(path: str | os.PathLike) -> None:
+    """Refuse a local checkpoint folder that cannot load cleanly, naming the folder and the file at fault:
+    pickled weights, no safetensors weights, a truncated/corrupt safetensors file, a missing shard, no tokenizer.
+
+    Cheap: only the safetensors headers are read (their declared sizes must match the files' sizes).
+    """
+    from safetensors import safe_open
+
+    root = Path(path)
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in root.glob(pattern))
+    if pickled:
+        raise UserError(f"model folder {root}: pickled weight files {pickled} are refused (loading a pickle runs "
+                        "code); convert the checkpoint to safetensors (save_pretrained(..., safe_serialization=True))")
+    weights = sorted(root.glob("*.safetensors"))
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"{index}: not a readable safetensors index ({e})") from None
+        missing = [s for s in shards if not (root / s).is_file()]
+        if missing:
+            raise UserError(f"model folder {root}: shards {missing} listed in {index.name} are missing")
+    if not weights:
+        raise UserError(f"model folder {root} has no weights (*.safetensors); point --model at a complete "
+                        "checkpoint folder")
+    for w in weights:
+        try:
+            with safe_open(str(w), framework="pt"):
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) for a bad header
+            raise UserError(f"{w}: not a complete safetensors file ({e}); the copy is truncated or damaged, "
+                            "copy or save the checkpoint again") from None
+    if not any(all((root / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS):
+        wanted = " or ".join(" + ".join(files) for files in TOKENIZER_FILE_SETS)
+        present = sorted(p.name for p in root.glob("*token*")) or "none"
+        raise UserError(f"model folder {root}: tokenizer files missing: needs {wanted} (tokenizer files present: "
+                        f"{present})")
+
+
 @dataclass
 class Backbone:
     model: torch.nn.Module
@@ -155,11 +205,18 @@ def load_backbone(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.f
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read a model config from {src}: {e}") from None
     family = family_of(config)
+    if Path(src).is_dir():
+        check_model_files(src)
     processor = load_processor(src, family)
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    # use_safetensors: never fall back to a pickled .bin, also for a hub name (files not checked above)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(src, **kwargs).to(device)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(src, **kwargs)
+    except OSError as e:  # e.g. a hub name with no safetensors weights, or a file that vanished meanwhile
+        raise UserError(f"cannot load model weights from {src}: {e}") from None
+    model = model.to(device)
     ids = add_embedding_tokens(model, processor.tokenizer, family)
     model.eval()
     return Backbone(model=model, processor=processor, family=family, gen_emb_id=ids[GEN_EMB],

@@ -23,6 +23,12 @@ gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation do
       Returned per row: ``generated_ids`` = every token the row generated, through its EOS (inclusive) or to the
       budget; ``texts`` = those tokens decoded without special tokens (reasoning, answer, ``<gen_emb>`` and whatever
       the model wrote after it, without the EOS).
+
+Threads: ``encode`` may be called from several threads at once (the served pyfunc is), but one model is used by
+one call at a time. The forward hook is not the only shared state: Qwen2-VL's model keeps the ``rope_deltas`` of
+the generation in progress on itself, a fast tokenizer refuses concurrent use ("Already borrowed"), and a seed sets
+the global RNG. So every call holds a lock of its model for its whole run; CPU inference gains nothing from
+running one model concurrently anyway (torch already spreads one forward over the cores).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -46,6 +54,20 @@ log = logging.getLogger(__name__)
 
 # Where the disc embedding is read: positions after the last <disc_emb> (module docstring).
 DISC_READOUTS = {"disc_emb": 0, "next_token": 1}
+
+# One lock per model object, not per Embedder: two Embedders may share one Backbone. Weak keys so that a dropped
+# model is not kept alive; not an attribute on the model, which would break deepcopy / pickling of the module.
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """The lock that serialises inference on ``model`` (module docstring, "Threads")."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 class LastStateRecorder:
@@ -105,6 +127,7 @@ class Embedder:
         self.tokenizer = self.backbone.tokenizer
         self.device = next(self.model.parameters()).device
         self.eos_ids = self._eos_ids()
+        self._lock = model_lock(self.model)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -117,10 +140,16 @@ class Embedder:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ---------------------------------------------------------------- public API
-    @torch.no_grad()
     def encode(self, items: Sequence[Item | dict], mode: str = "disc", batch_size: int = 8,
                max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
                num_samples: int = 1, seed: int | None = None, progress: bool = True) -> Encoded:
+        """Thread-safe: concurrent calls take turns on the model (module docstring, "Threads")."""
+        with self._lock, torch.no_grad():
+            return self._encode(items, mode, batch_size, max_new_tokens, do_sample, temperature, num_samples, seed,
+                                progress)
+
+    def _encode(self, items, mode, batch_size, max_new_tokens, do_sample, temperature, num_samples, seed,
+                progress) -> Encoded:
         if mode not in ("disc", "gen"):
             raise UserError(f"mode must be 'disc' or 'gen', got {mode!r}")
         if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:

@@ -22,7 +22,8 @@ from PIL import Image
 from umeflow.errors import UserError
 from umeflow.model.chat import build_messages, build_messages_verbatim, render_prompt
 from umeflow.model.items import ImageLike, Item
-from umeflow.model.vision import VisionSizing, fetch_resize, processor_limits, to_rgb_on_white
+from umeflow.model.vision import (PixelBudgetError, VisionSizing, check_pixels, fetch_resize, open_bounded,
+                                  processor_limits, to_rgb_on_white)
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -31,14 +32,20 @@ VIDEO_PAD = "<|video_pad|>"
 def open_image(img: ImageLike) -> Image.Image:
     """An RGB image, transparent pixels composited onto white (method.md §1.3)."""
     if isinstance(img, Image.Image):
+        try:
+            check_pixels(img)  # PIL decodes lazily: an opened bomb is still refused before its pixels load
+        except PixelBudgetError as e:
+            raise UserError(f"an image {e}") from None
         return to_rgb_on_white(img)
     path = Path(img)
     try:
-        with Image.open(path) as im:
+        with open_bounded(path) as im:
             return to_rgb_on_white(im)
     except FileNotFoundError:
         raise UserError(f"image file {path} does not exist") from None
-    except (OSError, SyntaxError) as e:
+    except PixelBudgetError as e:
+        raise UserError(f"image file {path} {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise UserError(f"image file {path} cannot be decoded: {e}") from None
 
 

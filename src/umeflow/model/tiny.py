@@ -153,6 +153,10 @@ def init_tiny(cfg: ModelInitConfig) -> Path:
     """Build, save (safetensors) and reload-check a tiny checkpoint at ``cfg.out``; returns the directory."""
     from transformers import AutoModelForImageTextToText
 
+    from umeflow.io import ensure_writable_dir
+
+    ensure_writable_dir(cfg.out)
+
     if cfg.family not in FAMILIES:
         raise UserError(f"unknown family '{cfg.family}' (known: {', '.join(FAMILIES)})")
     if cfg.tokenizer not in ("qwen2", "compact"):

@@ -19,6 +19,9 @@ converts every image that way (``data_qwen.py``: ``convert("RGB")``), so a trans
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -38,6 +41,54 @@ SFT_VIDEO_MIN_FRAME_PIXELS = 4 * 28 * 28
 SFT_VIDEO_MAX_FRAME_PIXELS = 32 * 28 * 28
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class PixelBudgetError(ValueError):
+    """An image with more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``: refused before its pixels are decoded."""
+
+
+def pixel_budget() -> int:
+    """The most pixels one image may have: PIL's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 unless an application
+    changes it; None there means no limit). A few kilobytes of PNG can decode to gigabytes (a decompression bomb),
+    and no Qwen-VL stage keeps more than ~12.8 M pixels of an image anyway."""
+    return Image.MAX_IMAGE_PIXELS or 0
+
+
+def _refusal(pixels: int | None, size: tuple[int, int] | None = None) -> PixelBudgetError:
+    shape = f" ({size[0]}×{size[1]})" if size else ""
+    count = f"{pixels:,} pixels{shape}" if pixels is not None else "more pixels"
+    return PixelBudgetError(f"has {count}, over the pixel budget of {pixel_budget():,} (PIL Image.MAX_IMAGE_PIXELS); "
+                            "refused as a possible decompression bomb")
+
+
+def open_bounded(path: str | os.PathLike) -> Image.Image:
+    """``Image.open(path)`` that refuses an image over ``pixel_budget()`` by its header, before decoding pixels.
+
+    PIL itself raises ``DecompressionBombError`` only above twice its limit and merely warns between the limit and
+    twice it; both become one ``PixelBudgetError`` here, naming the pixel count. The refusal is our own size check;
+    PIL's warning is silenced around the open only so that the user sees one message, not a second one (in threads
+    ``catch_warnings`` can at worst leave that one warning category silenced, which the check makes redundant).
+    Other failures propagate as PIL raises them."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:  # above twice PIL's limit PIL refuses before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _refusal(int(found[1]) if found else None) from None
+    try:
+        check_pixels(im)
+    except PixelBudgetError:
+        im.close()
+        raise
+    return im
+
+
+def check_pixels(im: Image.Image) -> None:
+    """Refuse (``PixelBudgetError``) an opened, not yet decoded image over ``pixel_budget()``."""
+    budget = pixel_budget()
+    if budget and im.width * im.height > budget:
+        raise _refusal(im.width * im.height, im.size)
 
 
 def to_rgb_on_white(im: Image.Image) -> Image.Image:

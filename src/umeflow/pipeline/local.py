@@ -50,6 +50,8 @@ def run_local(recipe_file: str, overrides: list[str] | None = None, state: str |
     """Run ``train_and_promote`` locally; returns where things went and how long it took."""
     from kfp import local
 
+    from umeflow.tracking import redact_uri, tracking_uri
+
     recipe = Path(recipe_file).absolute()
     if not recipe.is_file():
         raise UserError(f"recipe {recipe} does not exist")
@@ -57,7 +59,9 @@ def run_local(recipe_file: str, overrides: list[str] | None = None, state: str |
     state = Path(state).absolute()
     state.mkdir(parents=True, exist_ok=True)
     os.environ["UMEFLOW_STATE"] = str(state)
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    # credentials in MLFLOW_TRACKING_URI move to MLFLOW_TRACKING_USERNAME/_PASSWORD here, before any task inherits
+    # the environment, so no task, log line or the returned summary ever holds them
+    if not tracking_uri():
         from umeflow.registry.runs import embedded_tracking_uri
 
         os.environ["MLFLOW_TRACKING_URI"] = embedded_tracking_uri()
@@ -82,4 +86,4 @@ def run_local(recipe_file: str, overrides: list[str] | None = None, state: str |
     report = run_dir / "merge-evaluation" / "evaluation" / "report.md" if run_dir else None
     return {"seconds": seconds, "pipeline_root": str(pipeline_root), "run_dir": str(run_dir) if run_dir else None,
             "report": str(report) if report and report.is_file() else None,
-            "tracking_uri": os.environ["MLFLOW_TRACKING_URI"]}
+            "tracking_uri": redact_uri(os.environ["MLFLOW_TRACKING_URI"])}

@@ -50,4 +50,4 @@ def mlflow_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as e:
-        raise UserError(f"MLflow at {mask(uri)}: {e.message}") from e
+        raise UserError(f"MLflow at {mask(uri)}: {mask(e.message)}") from e

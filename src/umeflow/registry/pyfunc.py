@@ -8,14 +8,26 @@ Logged with ``log_embedding_model``:
   umeflow package travels with it (``code_paths``), so a serving environment needs only the pinned requirements.
 - **pip requirements**: explicit and pinned to what is installed here (``serving_requirements``): torch, transformers,
   tokenizers, safetensors, huggingface-hub, numpy, pillow, pandas, pyyaml, tqdm, mlflow. Never torchvision.
-- **signature**: optional string columns ``text``, ``image`` (a file path, or base64 / ``data:`` URL image
-  bytes) and ``mode`` (``disc`` | ``gen``, per row); params ``mode``, ``max_new_tokens``, ``batch_size``; output
-  a float32 tensor (N, D), L2-normalised.
+- **signature**: optional string columns ``text``, ``image`` (base64 image bytes or a ``data:image/…;base64,`` URL)
+  and ``mode`` (``disc`` | ``gen``, per row); params ``mode``, ``max_new_tokens``, ``batch_size``; output a float32
+  tensor (N, D), L2-normalised.
 
 ``predict`` returns exactly ``Embedder(checkpoint).encode(items, mode=...)``: gen mode decodes greedily, so it is
 deterministic. Per row, the ``mode`` column wins over the ``mode`` param, which wins over the logged default. The
 pixel keys of the evaluate step (``min_pixels``, ``max_pixels``, ``qwen_vl_utils_resize``, ``video_*_frame_pixels``)
 may sit in the logged settings (model_config) and size the pixels as that evaluation did; absent = the checkpoint's.
+
+Served input never names server files: a caller could otherwise read any image on the serving host, and tell
+from the error whether a path exists. An ``image`` is decoded from its base64 bytes only, unless the serving
+process has the environment variable ``UMEFLOW_SERVE_MEDIA_ROOT`` (an existing folder, read when the model loads):
+then a value that is not base64 image data may also be a path relative to (or absolute inside) that folder;
+symlinks out of it are refused. Every image that cannot be used gets the same message, whatever the reason, and the
+value is not echoed.
+
+Errors: a bad input or param raises ``ServingInputError`` (a ``UserError`` and an ``MlflowException`` with
+``INVALID_PARAMETER_VALUE``): MLflow's scoring server answers HTTP 400 with its one-line message. Anything else is a
+server fault: logged here with its traceback, answered as HTTP 500 ``INTERNAL_ERROR`` with a fixed message (no
+traceback, no paths). MLflow itself prefixes the message with ``Failed to predict data '<the request's frame>'``.
 """
 
 from __future__ import annotations
@@ -33,10 +45,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from umeflow.errors import UserError
-from umeflow.model.vision import VisionSizing, to_rgb_on_white
+from umeflow.model.vision import PixelBudgetError, VisionSizing, open_bounded, to_rgb_on_white
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +61,18 @@ MODES = ("disc", "gen")
 SERVING_DISTRIBUTIONS = ("torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "numpy", "pillow",
                          "pandas", "pyyaml", "tqdm", "mlflow")
 FORBIDDEN_DISTRIBUTIONS = ("torchvision",)
-CHECKPOINT_WEIGHTS = "*.safetensors"
-PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+COLUMNS = ("text", "image", "mode")
+MEDIA_ROOT_ENV = "UMEFLOW_SERVE_MEDIA_ROOT"
+INTERNAL_FAULT = "internal error while embedding; the server log has the details"
+
+
+class ServingInputError(MlflowException, UserError):
+    """A request the caller can fix. A ``UserError`` (the CLI prints it as one line: register's smoke test calls
+    ``predict`` directly) and an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``, which MLflow's scoring server
+    answers with HTTP 400 and this message only."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def serving_requirements() -> list[str]:
@@ -65,20 +89,16 @@ def serving_requirements() -> list[str]:
 
 
 def validate_checkpoint(path: str | os.PathLike) -> Path:
-    """A umeflow Embedder checkpoint folder: config, safetensors weights, tokenizer and processor files."""
+    """A umeflow Embedder checkpoint folder: config, complete safetensors weights (no pickles), tokenizer and
+    processor files (``backbone.check_model_files`` is the rule every step that loads a model applies)."""
+    from umeflow.model.backbone import check_model_files
+
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"checkpoint {root} does not exist or is not a folder")
     if not (root / "config.json").is_file():
         raise UserError(f"checkpoint {root}: config.json is missing")
-    if not list(root.glob(CHECKPOINT_WEIGHTS)):
-        raise UserError(f"checkpoint {root}: no *.safetensors weights")
-    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in root.glob(pattern))
-    if pickled:
-        raise UserError(f"checkpoint {root}: pickled weight files {pickled}; only safetensors checkpoints are "
-                        "registered (save with safe_serialization=True)")
-    if not any((root / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
-        raise UserError(f"checkpoint {root}: no tokenizer (tokenizer.json / tokenizer_config.json)")
+    check_model_files(root)
     if not any((root / n).is_file() for n in ("processor_config.json", "preprocessor_config.json")):
         raise UserError(f"checkpoint {root}: no processor_config.json / preprocessor_config.json")
     return root
@@ -105,52 +125,101 @@ def _is_blank(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def decode_image(value: Any, row: int):
-    """A path (returned as is) or base64 image bytes (optionally a ``data:image/...;base64,`` URL) → PIL image."""
-    from PIL import Image, UnidentifiedImageError
+def media_root() -> Path | None:
+    """The folder served ``image`` paths may name (module docstring); None: paths are not accepted. Set by whoever
+    runs the server (an environment variable), never by a request or by the registered model."""
+    value = os.environ.get(MEDIA_ROOT_ENV)
+    if not value:
+        return None
+    root = Path(value).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"{MEDIA_ROOT_ENV}={value!r} is not a folder")
+    return root
 
-    if not isinstance(value, str):
-        raise UserError(f"row {row}, column 'image': expected a path or base64 string, got {type(value).__name__}")
-    text = value.strip()
-    if len(text) < 4096:
-        try:
-            if Path(text).is_file():
-                return Path(text)
-        except OSError:
-            pass
-    payload = text.split(",", 1)[1] if text.startswith("data:") and "," in text else text
+
+def _open_image(source, row: int):
+    """A fully decoded RGB image from a file-like object or a path, or None when it is not a usable image."""
+    try:
+        with open_bounded(source) as im:
+            im.load()  # decode every pixel now: a file whose header is fine can still hold garbage pixel data
+            return to_rgb_on_white(im)
+    except PixelBudgetError as e:
+        raise ServingInputError(f"row {row}, column 'image': the image {e}") from None
+    except Exception:  # noqa: BLE001 — PIL raises many types (OSError, SyntaxError, EOFError, struct.error, …)
+        # on malformed bytes; to the caller all of them are one thing: not an image
+        return None
+
+
+def _from_base64(text: str, row: int):
+    if text.startswith("data:"):
+        header, comma, payload = text.partition(",")
+        if not comma or not header.endswith(";base64"):
+            return None
+    else:
+        payload = text
     try:
         raw = base64.b64decode(payload, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise UserError(f"row {row}, column 'image': {shown!r} is neither an existing file nor base64 image "
-                        "data") from None
-    return to_rgb_on_white(image)
+    except (binascii.Error, ValueError):
+        return None
+    return _open_image(io.BytesIO(raw), row) if raw else None
 
 
-def parse_inputs(model_input: Any, default_mode: str) -> tuple[list, list[str]]:
-    """``(items, modes)`` from a DataFrame (or a dict of columns / list of records) of MMEB-style inputs."""
+def _from_media_root(text: str, root: Path, row: int):
+    try:
+        root = root.resolve()
+        path = (root / text).resolve()  # an absolute text replaces root here; the containment check below decides
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, over-long names, symlink loops
+        return None
+    return _open_image(path, row)
+
+
+def decode_image(value: Any, row: int, root: Path | None = None):
+    """Base64 image bytes (optionally a ``data:image/...;base64,`` URL) or, only with a media ``root``, an image
+    file inside it → RGB PIL image. One message for every value that does not give an image (module docstring)."""
+    image = None
+    if isinstance(value, str):
+        text = value.strip()
+        image = _from_base64(text, row)
+        if image is None and root is not None:
+            image = _from_media_root(text, root, row)
+    if image is None:
+        accepted = "base64 image bytes or a data:image/...;base64, URL"
+        if root is not None:
+            accepted += " or the path of an image file under the serving media root"
+        raise ServingInputError(f"row {row}, column 'image': not a usable image; expected {accepted}")
+    return image
+
+
+def parse_inputs(model_input: Any, default_mode: str, root: Path | None = None) -> tuple[list, list[str]]:
+    """``(items, modes)`` from a DataFrame (or a dict of columns / list of records) of MMEB-style inputs; ``root``:
+    the media root image paths may name (None: base64 only)."""
     from umeflow.model.items import Item
 
     frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-    unknown = sorted(set(frame.columns) - {"text", "image", "mode"})
+    accepted = ", ".join(COLUMNS)
+    unknown = [str(c) for c in frame.columns if c not in COLUMNS]
     if unknown:
-        raise UserError(f"unknown input column(s) {unknown}; expected text, image, mode")
+        raise ServingInputError(f"unknown input column(s) {unknown}; the accepted columns are {accepted}")
+    if len(frame.columns) == 0:
+        # what a served model sees when every column was unknown: MLflow's signature check drops them (and logs
+        # their names) before predict is called
+        raise ServingInputError(f"the input has none of the accepted columns {accepted} (MLflow drops any other "
+                                "column before the model sees it)")
     if frame.empty:
-        raise UserError("no rows to embed")
+        raise ServingInputError("no rows to embed")
     items, modes = [], []
     for row, rec in enumerate(frame.to_dict("records")):
         text = rec.get("text")
         text = "" if _is_blank(text) else str(text)
         image = rec.get("image")
-        images = () if _is_blank(image) else (decode_image(image, row),)
+        images = () if _is_blank(image) else (decode_image(image, row, root),)
         if not text and not images:
-            raise UserError(f"row {row}: needs a 'text' or an 'image'")
+            raise ServingInputError(f"row {row}: needs a 'text' or an 'image'")
         mode = default_mode if _is_blank(rec.get("mode")) else str(rec["mode"]).strip()
         if mode not in MODES:
-            raise UserError(f"row {row}, column 'mode': {mode!r} is not one of {list(MODES)}")
+            raise ServingInputError(f"row {row}, column 'mode': {mode!r} is not one of {list(MODES)}")
         items.append(Item(text=text, images=images))
         modes.append(mode)
     return items, modes
@@ -166,6 +235,7 @@ class EmbeddingModel(PythonModel):
         self._checkpoint = checkpoint
         self._settings = dict(settings or {})
         self.embedder = None
+        self.media_root: Path | None = None
 
     def load_context(self, context) -> None:
         import torch
@@ -176,21 +246,35 @@ class EmbeddingModel(PythonModel):
         if context is not None and context.model_config:
             self._settings = {**self._settings, **context.model_config}
         device = self._settings.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.media_root = media_root()
         self.embedder = Embedder(checkpoint, device=device, sizing=VisionSizing.from_settings(self._settings),
                                  disc_readout=self._settings.get("disc_readout", "disc_emb"))
 
     # pd.DataFrame: MLflow takes the explicit signature logged with the model and does no type-hint inference
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Embeddings; a bad request raises ``ServingInputError`` (HTTP 400), a server fault an ``MlflowException``
+        ``INTERNAL_ERROR`` (HTTP 500) whose message says nothing of the fault (module docstring)."""
         if self.embedder is None:
             self.load_context(context)
+        try:
+            return self._predict(model_input, params)
+        except ServingInputError:
+            raise
+        except UserError as e:  # from the Embedder (e.g. an input over the token budget): the caller's to fix
+            raise ServingInputError(str(e)) from None
+        except Exception as e:
+            log.exception("umeflow pyfunc predict failed")
+            raise MlflowException(INTERNAL_FAULT, error_code=INTERNAL_ERROR) from e
+
+    def _predict(self, model_input: Any, params: dict[str, Any] | None) -> np.ndarray:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         settings = {**{"mode": "disc", "max_new_tokens": 64, "batch_size": 8}, **self._settings}
         default_mode = params.get("mode", settings["mode"])
         if default_mode not in MODES:
-            raise UserError(f"param 'mode': {default_mode!r} is not one of {list(MODES)}")
-        max_new_tokens = int(params.get("max_new_tokens", settings["max_new_tokens"]))
-        batch_size = int(params.get("batch_size", settings["batch_size"]))
-        items, modes = parse_inputs(model_input, default_mode)
+            raise ServingInputError(f"param 'mode': {default_mode!r} is not one of {list(MODES)}")
+        max_new_tokens = _int_param(params, settings, "max_new_tokens")
+        batch_size = _int_param(params, settings, "batch_size")
+        items, modes = parse_inputs(model_input, default_mode, self.media_root)
         out: np.ndarray | None = None
         for mode in MODES:
             rows = [i for i, m in enumerate(modes) if m == mode]
@@ -202,6 +286,14 @@ class EmbeddingModel(PythonModel):
                 out = np.zeros((len(items), enc.embeddings.shape[-1]), dtype=np.float32)
             out[rows] = enc.embeddings
         return out
+
+
+def _int_param(params: dict, settings: dict, name: str) -> int:
+    value = params.get(name, settings[name])
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ServingInputError(f"param {name!r}: expected an integer, got {value!r}") from None
 
 
 def signature(dim: int, settings: dict):
@@ -223,19 +315,30 @@ def log_embedding_model(checkpoint: str | os.PathLike, settings: dict, name: str
     ``ModelInfo``."""
     import mlflow
 
-    import umeflow
-
-    root = validate_checkpoint(checkpoint)
     with warnings.catch_warnings():
         # the signature is explicit; an input example would only make MLflow load the weights a second time
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(Path(__file__).with_name("serving.py")),
-            artifacts={ARTIFACT_KEY: str(root.resolve())},
-            code_paths=[str(Path(umeflow.__file__).parent)],
-            pip_requirements=serving_requirements(),
-            signature=signature(embedding_dim(root), settings),
-            model_config=dict(settings),
-            tags=tags,
-        )
+        return mlflow.pyfunc.log_model(name=name, tags=tags, **_model_files(checkpoint, settings))
+
+
+def save_embedding_model(checkpoint: str | os.PathLike, settings: dict, path: str | os.PathLike) -> None:
+    """The same model as ``log_embedding_model``, saved to a local folder (no tracking server); load it with
+    ``mlflow.pyfunc.load_model(path)``."""
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        mlflow.pyfunc.save_model(str(path), **_model_files(checkpoint, settings))
+
+
+def _model_files(checkpoint: str | os.PathLike, settings: dict) -> dict:
+    """What a logged or saved umeflow model consists of (module docstring)."""
+    import umeflow
+
+    root = validate_checkpoint(checkpoint)
+    return dict(python_model=str(Path(__file__).with_name("serving.py")),
+                artifacts={ARTIFACT_KEY: str(root.resolve())},
+                code_paths=[str(Path(umeflow.__file__).parent)],
+                pip_requirements=serving_requirements(),
+                signature=signature(embedding_dim(root), settings),
+                model_config=dict(settings))

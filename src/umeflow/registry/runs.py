@@ -17,7 +17,8 @@ Which run it opens, first match wins:
 5. Otherwise a standalone run.
 
 Only the main process logs (``RANK`` unset or 0). Every run gets the lineage tags (``umeflow.registry.lineage``),
-``umeflow.step`` and the resolved config as params (``<section>.<key>``, credentials in URIs masked) and as
+``umeflow.step`` and the resolved config as params (``<section>.<key>``, credentials in URIs masked; a tracking URI's
+credentials are moved to the environment before MLflow sees it, ``umeflow.tracking``) and as
 ``config/<step>.json``. ``MLFLOW_RUN_ID`` is hidden from the environment while the step runs, so that libraries
 that read it (transformers' MLflowCallback) log into the open run instead of trying to start it a second time.
 """
@@ -44,7 +45,6 @@ DEFAULT_EXPERIMENT = "umeflow"
 PIPELINE_TAG = "umeflow.pipeline_run"
 ROLE_TAG = "umeflow.role"
 AUTO_PARENT_TAG = "umeflow.auto_parent"  # parents created by steps mirror their last step's status
-_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -107,8 +107,11 @@ def experiment_id(client, name: str, uri: str) -> str:
 
 
 def mask(value: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://***@host``: credentials never reach logs, params or tags."""
-    return _CREDENTIALS.sub(r"\1***@", value)
+    """``scheme://user:secret@host`` → ``scheme://***@host`` for every URI in ``value``: credentials never reach logs,
+    params or tags (``umeflow.tracking.redact_text``, which also catches passwords with ``/``, ``@`` or ``:``)."""
+    from umeflow.tracking import redact_text
+
+    return redact_text(value)
 
 
 def is_main_process() -> bool:
@@ -174,8 +177,9 @@ def _log_config(step: str, cfg: Any) -> None:
 
     if not dataclasses.is_dataclass(cfg):
         return
-    mlflow.log_dict({k: mask(v) if isinstance(v, str) else v for k, v in dataclasses.asdict(cfg).items()},
-                    f"config/{step}.json")
+    from umeflow.tracking import redact_values
+
+    mlflow.log_dict(redact_values(dataclasses.asdict(cfg)), f"config/{step}.json")
     try:
         mlflow.log_params(_config_params(step, cfg))
     except MlflowException as e:  # a resumed run (injected id, retried task) that logged other values before
@@ -188,6 +192,7 @@ def step_run(step: str, cfg: Any = None, *, tracking_uri: str | None = None, exp
              embedded_default: bool = False) -> Iterator[StepRun | None]:
     """Open the MLflow run of one step (see the module docstring); yields None when tracking is off or on a
     non-zero rank. The run ends FINISHED, FAILED (an exception) or KILLED (KeyboardInterrupt)."""
+    from umeflow.registry.models import mlflow_errors
     from umeflow.tracking import use_tracking
 
     uri = use_tracking(resolve_tracking_uri(tracking_uri, embedded_default)) if is_main_process() else None
@@ -202,16 +207,17 @@ def step_run(step: str, cfg: Any = None, *, tracking_uri: str | None = None, exp
     injected = os.environ.pop("MLFLOW_RUN_ID", None)
     parent = None
     try:
-        if injected:
-            active = mlflow.start_run(run_id=injected, tags=run_tags)
-        elif mlflow.active_run() is not None:
-            parent = mlflow.active_run().info.run_id
-            active = mlflow.start_run(run_name=step, nested=True, tags=run_tags)
-        else:
-            exp_id = experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
-                                   uri)
-            parent = _parent_run_id(client, exp_id, lineage)
-            active = mlflow.start_run(experiment_id=exp_id, run_name=step, parent_run_id=parent, tags=run_tags)
+        with mlflow_errors(uri):  # an unreachable or refusing server: one line naming it (no credentials), exit 2
+            if injected:
+                active = mlflow.start_run(run_id=injected, tags=run_tags)
+            elif mlflow.active_run() is not None:
+                parent = mlflow.active_run().info.run_id
+                active = mlflow.start_run(run_name=step, nested=True, tags=run_tags)
+            else:
+                exp_id = experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                       or DEFAULT_EXPERIMENT, uri)
+                parent = _parent_run_id(client, exp_id, lineage)
+                active = mlflow.start_run(experiment_id=exp_id, run_name=step, parent_run_id=parent, tags=run_tags)
         info = StepRun(active.info.run_id, active.info.experiment_id, parent, uri, lineage)
         status = "FAILED"
         try:
@@ -253,11 +259,15 @@ def pipeline_run(name: str = "pipeline", *, tracking_uri: str | None = None, exp
         return
     import mlflow
 
+    from umeflow.registry.models import mlflow_errors
+
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp_id = experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, uri)
     lineage = lineage_tags()
     key = pipeline_run_key() or f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-    parent = client.create_run(exp_id, run_name=name, tags={**lineage, PIPELINE_TAG: key, ROLE_TAG: "pipeline"})
+    with mlflow_errors(uri):
+        exp_id = experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
+                               uri)
+        parent = client.create_run(exp_id, run_name=name, tags={**lineage, PIPELINE_TAG: key, ROLE_TAG: "pipeline"})
     previous = os.environ.get("UMEFLOW_PARENT_RUN_ID")
     os.environ["UMEFLOW_PARENT_RUN_ID"] = parent.info.run_id
     status = "FAILED"

@@ -60,6 +60,9 @@ def annotate_sides(cfg: AnnotateConfig, sides: list[Side]) -> tuple[list[str], d
 
 
 def run(cfg: AnnotateConfig) -> dict:
+    from umeflow.io import ensure_writable_dir
+
+    ensure_writable_dir(cfg.out)  # fail before any work, not at publish
     root = Path(cfg.data) / "train"
     pairs_file = root / "pairs.jsonl"
     if not pairs_file.is_file():

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DataConfig) -> dict:
     """Build the dataset into ``cfg.out`` (atomically) and return the flat metrics also written to metrics.json."""
+    from umeflow.io import ensure_writable_dir
+
+    ensure_writable_dir(cfg.out)  # fail before any work, not at publish
     metrics = build(cfg)
     log.info("data: %d training pairs, %d eval tasks, %d bad records skipped", metrics["train_pairs"],
              sum(k.startswith("eval_queries.") for k in metrics), metrics["bad_records_skipped"])

@@ -69,7 +69,11 @@ def _key(s: str) -> str:
 def run(cfg: EvaluateConfig, log_to_mlflow: bool = True) -> dict:
     """Score ``cfg.tasks`` and publish the report into ``cfg.out``; ``log_to_mlflow=False`` for a shard whose
     partial aggregates must not reach the run (``merge_shards`` logs the whole)."""
+    from umeflow.io import ensure_writable_dir
+
+    ensure_writable_dir(cfg.out)  # fail before scoring, not at publish
     from umeflow.model.embedder import Embedder
+    from umeflow.model.items import TextBudget
     from umeflow.model.vision import VisionSizing
 
     if cfg.mode not in MODES:
@@ -90,9 +94,10 @@ def run(cfg: EvaluateConfig, log_to_mlflow: bool = True) -> dict:
     embedder = Embedder(cfg.model, sizing=sizing, disc_readout=cfg.disc_readout)
     store = EmbeddingStore(embedder, cache=cache, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, chunk_size=cfg.cache_chunk_size)
+    budget = TextBudget(cfg.max_input_tokens, cfg.model)  # loads the tokenizer only for a text long enough to count
     results, t0 = {}, time.perf_counter()
     for task in tqdm(tasks, desc=f"evaluate ({cfg.mode})", unit="task"):
-        r = evaluate_task(task, cfg.data_root, store, modes, cfg.max_queries_per_task, cfg.seed, cfg.pass_k)
+        r = evaluate_task(task, cfg.data_root, store, modes, cfg.max_queries_per_task, cfg.seed, cfg.pass_k, budget)
         results[task.name] = r
         log.info("%s: %s", task.name, ", ".join(f"{column_label(c)} {v[task.metric]:.3f}"
                                                  for c, v in r["scores"].items()))
@@ -210,6 +215,9 @@ def plan_shards(data_root: str, spec: str, num_shards: int) -> list[str]:
 def merge_shards(cfg: EvaluateConfig, shard_dirs: list[str | os.PathLike]) -> dict:
     """Merge the outputs of ``run`` over shards of ``cfg.tasks`` into one report in ``cfg.out``, exactly as if one
     run had scored every task (same tables, aggregates, plot, score files, metrics; logged to MLflow once)."""
+    from umeflow.io import ensure_writable_dir
+
+    ensure_writable_dir(cfg.out)
     tasks = select_tasks(cfg.data_root, cfg.tasks)
     known = {t.name for t in tasks}
     results: dict[str, dict] = {}

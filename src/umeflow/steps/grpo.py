@@ -3,6 +3,10 @@
 Outputs under ``--out``: ``checkpoints/checkpoint-N`` (resume), ``model/`` (final safetensors checkpoint + processor,
 written atomically; the Embedder loads it), ``metrics.json`` (reward trend, format rate, steps, time),
 ``log_history.json`` and ``run_info.json``.
+
+Resume follows the SFT step's rules (newest complete checkpoint of the same run; another run's is refused). A run
+stopped by a guard (zero reward variance, a policy that never writes the format) or by ``max_minutes`` fails
+without publishing a model.
 """
 
 from __future__ import annotations
@@ -113,7 +117,10 @@ def _trend(history: list[dict], key: str) -> dict:
 def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
     """Train; with MLflow tracking on, the step is one run (a child of the pipeline run, with lineage tags) that
     TRL's MLflowCallback logs each reward part into."""
+    from umeflow.io import ensure_writable_dir
     from umeflow.registry.runs import step_run
+
+    ensure_writable_dir(cfg.out)  # fail before loading and training, not at publish
 
     with step_run("grpo", cfg, tracking_uri=cfg.tracking_uri):
         return _train(cfg, callbacks)
@@ -121,14 +128,17 @@ def run(cfg: GRPOConfig, callbacks: list | None = None) -> dict:
 
 def _train(cfg: GRPOConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
-    from umeflow.train.grpo import RolloutStates, UmeGRPOTrainer, ZeroStdGuard
+    from umeflow.io import sha256_file
+    from umeflow.train.grpo import FormatGuard, RolloutStates, UmeGRPOTrainer, ZeroStdGuard
+    from umeflow.model.items import TextBudget
     from umeflow.train.grpo_data import load_rl_pairs, prompt_dataset, select_pairs, single_dataset_blocks
-    from umeflow.train.sft import TimeBudget, last_checkpoint, publish_final_model
+    from umeflow.train.sft import (CheckpointIdentity, TimeBudget, publish_final_model, resume_checkpoint,
+                                   run_identity)
 
     if cfg.recipe not in ("ume_r1", "embed_rl"):
         raise UserError(f"grpo.recipe must be 'ume_r1' or 'embed_rl', got {cfg.recipe!r}")
     torch.manual_seed(cfg.seed)
-    pairs, data_info = load_rl_pairs(cfg.data, cfg.on_bad_record)
+    pairs, data_info = load_rl_pairs(cfg.data, cfg.on_bad_record, TextBudget(cfg.max_input_tokens, cfg.model))
     datasets = [d.strip() for d in cfg.datasets.split(",") if d.strip()]
     pairs = select_pairs(pairs, cfg.max_pairs, cfg.seed, datasets)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -143,6 +153,11 @@ def _train(cfg: GRPOConfig, callbacks: list | None) -> dict:
     log.info("%d of %d selected pairs used (whole steps%s)", len(pairs), selected,
              ", one dataset per step" if cfg.single_dataset_steps else "")
     dataset = prompt_dataset(pairs, None if cfg.recipe == "ume_r1" else tcot_prompt)
+    out = Path(cfg.out)
+    data_file = Path(data_info["source"])
+    identity = run_identity(cfg, {"model": cfg.model, **({"embedder": cfg.embedder} if cfg.embedder else {})},
+                            {data_file.name: sha256_file(data_file)})
+    resume = resume_checkpoint(out / "checkpoints", identity, "grpo", cfg.resume)  # before loading anything big
 
     backbone = load_backbone(cfg.model)
     processor = backbone.processor
@@ -154,17 +169,18 @@ def _train(cfg: GRPOConfig, callbacks: list | None) -> dict:
             size.longest_edge = cfg.max_pixels
     rollouts = RolloutStates()
     reward_funcs, weights = _rewards(cfg, rollouts)
-    out = Path(cfg.out)
     report = ["mlflow"] if use_tracking(cfg.tracking_uri) else []
     args = trl_arguments(cfg, out / "checkpoints", world, report)
     args.reward_weights = weights
-    guard = ZeroStdGuard(cfg.zero_std_patience)
+    guards = [ZeroStdGuard(cfg.zero_std_patience),
+              FormatGuard(cfg.format_check_steps, cfg.min_format_rate, cfg.max_fallback_rate,
+                          "rewards/format/mean" if cfg.recipe == "ume_r1" else "rewards/tcot_format/mean")]
+    budget = TimeBudget(cfg.max_minutes) if cfg.max_minutes else None
     trainer = UmeGRPOTrainer(
         model=backbone.model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
         processing_class=processor, gen_emb_id=backbone.gen_emb_id, rollouts=rollouts,
         embedding_source=cfg.embedding_source,
-        callbacks=[guard] + ([TimeBudget(cfg.max_minutes)] if cfg.max_minutes else []) + list(callbacks or []))
-    resume = last_checkpoint(out / "checkpoints") if cfg.resume else None
+        callbacks=guards + [CheckpointIdentity(identity)] + ([budget] if budget else []) + list(callbacks or []))
     if resume:
         log.info("resuming from %s", resume)
     log.info("GRPO (%s) on %d pairs: %d rollouts per step (%d pairs × 2 sides × G=%d)", cfg.recipe, len(pairs),
@@ -174,9 +190,12 @@ def _train(cfg: GRPOConfig, callbacks: list | None) -> dict:
     seconds = time.perf_counter() - t0
     history = trainer.state.log_history
     write_json(out / "log_history.json", history)
-    if guard.message:
-        raise UserError(f"grpo {guard.message} Checkpoints are under {out / 'checkpoints'}; no final model was "
-                        f"published.")
+    for guard in guards:
+        if guard.message:
+            raise UserError(f"grpo {guard.message} Checkpoints are under {out / 'checkpoints'}; no final model was "
+                            f"published.")
+    if budget:
+        budget.check("grpo", cfg.max_steps, out / "checkpoints")
 
     publish_final_model(trainer, processor, out / "model")
     reward_keys = (["rewards/format/mean", "rewards/embedding/mean", "embedding/rank_mean", "embedding/gap_mean"]

@@ -89,9 +89,13 @@ def _write(cfg: PromoteConfig, result: dict) -> None:
 def run(cfg: PromoteConfig) -> dict:
     import mlflow
 
+    from umeflow.io import ensure_writable_dir
     from umeflow.registry.models import mlflow_errors, validate_alias, validate_model_name, version_by_alias
     from umeflow.registry.runs import resolve_tracking_uri, step_run
+    from umeflow.tracking import accept_config_credentials
 
+    ensure_writable_dir(cfg.out)  # fail before touching the registry, not after moving an alias
+    cfg = accept_config_credentials(cfg)  # credentials go to the environment, never into what we record
     name = validate_model_name(cfg.model_name, "promote.model_name")
     validate_alias(cfg.challenger_alias, "promote.challenger_alias")
     validate_alias(cfg.champion_alias, "promote.champion_alias")

@@ -97,11 +97,15 @@ def _smoke_test(checkpoint: Path, settings: dict) -> None:
 def run(cfg: RegisterConfig) -> dict:
     import mlflow
 
+    from umeflow.io import ensure_writable_dir
     from umeflow.registry.card import eval_metrics, eval_tags, model_card, read_eval_dir
     from umeflow.registry.models import mlflow_errors, validate_alias, validate_model_name
     from umeflow.registry.pyfunc import log_embedding_model, validate_checkpoint
     from umeflow.registry.runs import mask, resolve_tracking_uri, step_run
+    from umeflow.tracking import accept_config_credentials
 
+    ensure_writable_dir(cfg.out)  # fail before logging and registering a version, not after
+    cfg = accept_config_credentials(cfg)  # credentials go to the environment, never into what we record
     validate_model_name(cfg.model_name, "register.model_name")
     validate_alias(cfg.alias, "register.alias")
     checkpoint = validate_checkpoint(cfg.model)

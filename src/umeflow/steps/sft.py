@@ -3,6 +3,11 @@
 Outputs under ``--out``: ``checkpoints/checkpoint-N`` (Trainer state for resume), ``model/`` (final safetensors
 checkpoint + processor, written atomically), ``metrics.json`` (final loss parts, steps, samples/s, time) and
 ``run_info.json``.
+
+Rerunning with the same ``--out`` resumes from the newest complete checkpoint, and only when it belongs to the same
+run (model fingerprint, sft.jsonl hash, and every setting that changes the result; ``max_steps`` may grow). A
+checkpoint of another run is refused by name; ``--set resume=false`` deletes the checkpoints and starts afresh.
+A run stopped by ``max_minutes`` (a safety net; the recipes are bound by ``max_steps``) fails without publishing.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
 
     With MLflow tracking on, the whole step is one run (a child of the pipeline run, lineage tags) that the
     Trainer's MLflowCallback logs its losses into."""
+    from umeflow.io import ensure_writable_dir
     from umeflow.registry.runs import step_run
+
+    ensure_writable_dir(cfg.out)  # fail before loading and training, not at the first checkpoint
 
     with step_run("sft", cfg, tracking_uri=cfg.tracking_uri):
         return _train(cfg, callbacks)
@@ -43,9 +51,10 @@ def run(cfg: SFTConfig, callbacks: list | None = None) -> dict:
 
 def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     from umeflow.model.backbone import load_backbone
-    from umeflow.train.sft import (TimeBudget, UmeSFTTrainer, apply_freezing, last_checkpoint, media_root_of,
-                                   publish_final_model, training_arguments, unwrap)
+    from umeflow.train.sft import (CheckpointIdentity, TimeBudget, UmeSFTTrainer, apply_freezing, media_root_of,
+                                   publish_final_model, resume_checkpoint, run_identity, training_arguments, unwrap)
     from umeflow.model.vision import VisionSizing
+    from umeflow.model.items import TextBudget
     from umeflow.train.sft_data import SFTCollator, SFTDataset, load_sft_pairs, repeat_datasets
 
     sizing = VisionSizing.from_settings(cfg)  # SFT pixel limits (UME-R1: 768 … 2,359,296; frames 3,136 … 25,088)
@@ -54,7 +63,9 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     sft_file = data_dir / "sft.jsonl"
     if not sft_file.is_file():
         raise UserError(f"{sft_file} does not exist; run `umeflow annotate` first or point --data at its output")
-    pairs, counter = load_sft_pairs(sft_file, media_root_of(data_dir), cfg.on_bad_record)
+    # the budget loads the checkpoint's tokenizer only if a text is long enough to need counting
+    pairs, counter = load_sft_pairs(sft_file, media_root_of(data_dir), cfg.on_bad_record,
+                                    TextBudget(cfg.max_input_tokens, cfg.model))
     if cfg.dataset_repeats:
         before = len(pairs)
         pairs = repeat_datasets(pairs, cfg.dataset_repeats)
@@ -62,6 +73,11 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     if len(pairs) < cfg.per_device_batch_size:
         raise UserError(f"{sft_file} has {len(pairs)} usable pairs, fewer than one batch "
                         f"({cfg.per_device_batch_size})")
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    data_hash = sha256_file(sft_file)
+    identity = run_identity(cfg, {"model": cfg.model}, {"sft.jsonl": data_hash})
+    resume = resume_checkpoint(ckpt_dir, identity, "sft", cfg.resume)  # before loading: a refusal costs nothing
     backbone = load_backbone(cfg.model)
     model = backbone.model
     model.train()
@@ -70,19 +86,19 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     sizes = apply_freezing(model, cfg)
     log.info("SFT on %d pairs; %d of %d parameters trainable", len(pairs), sizes["trainable_parameters"],
              sizes["total_parameters"])
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoints"
+    budget = TimeBudget(cfg.max_minutes) if cfg.max_minutes else None
     trainer = UmeSFTTrainer(
         model=model, args=training_arguments(cfg, ckpt_dir), train_dataset=SFTDataset(pairs),
         data_collator=SFTCollator(backbone.processor, backbone.family.name, sizing), sft_cfg=cfg,
         gen_id=backbone.gen_emb_id, disc_id=backbone.disc_emb_id,
-        callbacks=([TimeBudget(cfg.max_minutes)] if cfg.max_minutes else []) + list(callbacks or []))
-    resume = last_checkpoint(ckpt_dir) if cfg.resume else None
+        callbacks=[CheckpointIdentity(identity)] + ([budget] if budget else []) + list(callbacks or []))
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
+    if budget:
+        budget.check("sft", cfg.max_steps, ckpt_dir)
 
     merged = None
     if cfg.lora_r:
@@ -100,6 +116,6 @@ def _train(cfg: SFTConfig, callbacks: list | None) -> dict:
     metrics = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     write_json(out / "metrics.json", metrics)
     write_json(out / "log_history.json", trainer.state.log_history)
-    write_run_info(out, cfg, inputs={"sft.jsonl": sha256_file(sft_file)})
+    write_run_info(out, cfg, inputs={"sft.jsonl": data_hash})
     log.info("SFT done: %d steps in %.0fs, final model at %s", metrics["global_step"], seconds, out / "model")
     return metrics

@@ -369,6 +369,55 @@ class ZeroStdGuard(TrainerCallback):
             control.should_training_stop = True
 
 
+class FormatGuard(TrainerCallback):
+    """Stops training when the policy does not write what the reward reads (UME-R1: ``…<answer>…<gen_emb>``).
+
+    From step ``steps`` on, at every log, the mean over the last ``steps`` steps of the format reward
+    (``format_key``) must reach ``min_format_rate`` and the share of rollouts without a usable ``<gen_emb>``
+    (``embedding/fallback_rate``, logged by the ume_r1 reward) must stay at or below ``max_fallback_rate``.
+    Otherwise the embedding reward scores fallback states, not the policy's embeddings, and a run trains on noise
+    while looking healthy: the case of a GRPO run after an SFT cut short at step 71 of 560 (format 0, 72% fallback).
+    """
+
+    FALLBACK = "embedding/fallback_rate"
+
+    def __init__(self, steps: int, min_format_rate: float, max_fallback_rate: float, format_key: str):
+        self.steps, self.min_format, self.max_fallback = steps, min_format_rate, max_fallback_rate
+        self.format_key = format_key
+        self.seen: dict[str, list[tuple[int, float]]] = {format_key: [], self.FALLBACK: []}
+        self.first_step: int | None = None  # the first step logged by this process (a resumed run starts later)
+        self.message = ""
+
+    def _recent_mean(self, key: str, step: int) -> float | None:
+        values = [v for s, v in self.seen[key] if s > step - self.steps]
+        return sum(values) / len(values) if values else None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.steps or not logs:
+            return
+        step = state.global_step
+        for key in self.seen:
+            if key in logs:
+                self.seen[key].append((step, float(logs[key])))
+        self.first_step = step if self.first_step is None else self.first_step
+        if step - self.first_step + 1 < self.steps:  # judge a full window only, also after a resume
+            return
+        fmt, fallback = self._recent_mean(self.format_key, step), self._recent_mean(self.FALLBACK, step)
+        failed = []
+        if fmt is not None and fmt < self.min_format:
+            failed.append(f"mean {self.format_key} {fmt:.3f} < grpo.min_format_rate {self.min_format:g}")
+        if fallback is not None and self.max_fallback < 1 and fallback > self.max_fallback:
+            failed.append(f"mean {self.FALLBACK} {fallback:.3f} > grpo.max_fallback_rate {self.max_fallback:g}")
+        if failed:
+            self.message = (
+                f"stopped at step {step}: over the last {self.steps} steps {' and '.join(failed)}: the policy "
+                f"(almost) never writes the format the reward reads, so there is nothing to learn from. Start from "
+                f"an SFT checkpoint trained for its full max_steps (check its log for a time cap), or raise "
+                f"grpo.max_completion_length if completions are cut before <gen_emb>.")
+            log.error(self.message)
+            control.should_training_stop = True
+
+
 __all__ = ["RolloutStates", "UmeGRPOTrainer", "states_from_steps", "teacher_forced_states", "UmeFormatReward",
-           "UmeEmbeddingReward", "EmbedRLRewards", "evidence_item", "bbox_crops", "ZeroStdGuard",
+           "UmeEmbeddingReward", "EmbedRLRewards", "evidence_item", "bbox_crops", "ZeroStdGuard", "FormatGuard",
            "completion_texts"]

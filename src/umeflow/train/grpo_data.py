@@ -21,8 +21,8 @@ from PIL import Image
 from umeflow.data.schemas import load_records
 from umeflow.errors import UserError
 from umeflow.model.chat import blank_image, rl_user_text
-from umeflow.model.items import strip_placeholders
-from umeflow.model.vision import to_rgb_on_white
+from umeflow.model.items import TextBudget, strip_placeholders
+from umeflow.model.vision import open_bounded, to_rgb_on_white
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,10 @@ def _ume_rl(rec: dict, root: Path, path: Path) -> RLPair:
                   rec.get("dataset_name") or rec.get("dataset") or "rl")
 
 
-def load_rl_pairs(data: str | Path, on_bad_record: str = "error") -> tuple[list[RLPair], dict]:
-    """Pairs from a data-build train dir (``pairs.jsonl``), an RL dir (``rl.jsonl``) or one of those files."""
+def load_rl_pairs(data: str | Path, on_bad_record: str = "error",
+                  budget: TextBudget | None = None) -> tuple[list[RLPair], dict]:
+    """Pairs from a data-build train dir (``pairs.jsonl``), an RL dir (``rl.jsonl``) or one of those files. Media
+    must stay inside the file's folder; with ``budget`` each side's text must fit its token budget."""
     path = Path(data)
     if path.is_dir():
         for name, kind in (("rl.jsonl", "ume_rl"), ("pairs.jsonl", "mmeb_train")):
@@ -70,7 +72,10 @@ def load_rl_pairs(data: str | Path, on_bad_record: str = "error") -> tuple[list[
     if not path.is_file():
         raise UserError(f"{path} does not exist; run `umeflow data build` or point grpo.data at RL records")
     kind = "ume_rl" if path.name.startswith("rl") else "mmeb_train"
-    records, counter = load_records(path, kind, media_root=path.parent, on_bad_record=on_bad_record)
+    records, counter = load_records(path, kind, media_root=path.parent, on_bad_record=on_bad_record, budget=budget)
+    if not records:
+        raise UserError(f"{path} holds no records" if not counter.count else
+                        f"{path} holds no usable record ({counter.count} bad records skipped)")
     pairs = [_ume_rl(r, path.parent, path) if kind == "ume_rl" else _mmeb(r, path.parent) for r in records]
     return pairs, {"records": len(records), "bad_records_skipped": counter.count, "source": str(path)}
 
@@ -119,7 +124,7 @@ def single_dataset_blocks(pairs: list[RLPair], block: int, seed: int) -> list[RL
 def _open(side: RLSide) -> Image.Image:
     if side.image is None:
         return blank_image()
-    with Image.open(side.image) as im:
+    with open_bounded(side.image) as im:  # validated when loaded; the pixel budget still holds if it changed since
         return to_rgb_on_white(im)
 
 

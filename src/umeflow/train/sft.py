@@ -9,13 +9,17 @@ checkpoint/resume (model, optimizer, scheduler, RNG, data order), MLflow — and
   keeps the last-layer states for the ``<gen_emb>``/``<disc_emb>`` embeddings, and logits are computed only for the
   last positions that hold the response (``logits_to_keep``), never for the whole 152k-wide sequence;
 - ``UmeSFTTrainer.compute_loss`` (plain step) and ``training_step`` (GradCache step when configured);
-- per-part loss logging and samples/s, a wall-clock budget, and a final safetensors checkpoint the Embedder loads.
+- per-part loss logging and samples/s, a wall-clock cap that fails the step (a safety net), checkpoints that carry
+  the run's identity and are resumed only when complete and of the same run, and a final safetensors checkpoint the
+  Embedder loads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -212,21 +216,176 @@ def _rows(batch: dict, start: int, end: int) -> dict:
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training (with a final checkpoint) once ``minutes`` of training time have passed."""
+    """A safety net, never a way to bound a run: once ``minutes`` of training time have passed, training stops with a
+    checkpoint, and ``check`` then fails the step instead of letting it publish a model trained for fewer steps than
+    configured (on a busy machine that model is silently worse). Rerunning the step resumes from that checkpoint."""
 
     def __init__(self, minutes: float):
+        self.minutes = minutes
         self.seconds = minutes * 60
         self.start = None
+        self.stopped_at: int | None = None  # the step the cap stopped training at, before max_steps
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.seconds and time.perf_counter() - self.start >= self.seconds:
-            log.info("time budget of %.1f min reached at step %d", self.seconds / 60, state.global_step)
+        if self.seconds and time.perf_counter() - self.start >= self.seconds and state.global_step < state.max_steps:
+            log.error("time cap of %g min reached at step %d of %d: stopping with a checkpoint; the step will fail",
+                      self.minutes, state.global_step, state.max_steps)
+            self.stopped_at = state.global_step
             control.should_training_stop = True
             control.should_save = True
         return control
+
+    def check(self, step: str, max_steps: int, ckpt_dir: Path) -> None:
+        """Raise when the cap cut training short (after the Trainer returned, so the checkpoint exists)."""
+        if self.stopped_at is None:
+            return
+        raise UserError(f"{step} stopped by its time cap ({step}.max_minutes={self.minutes:g}) at step "
+                        f"{self.stopped_at} of {max_steps}, so no model was published (it would be trained less than "
+                        f"configured). Rerun the same command to resume from "
+                        f"{ckpt_dir / f'checkpoint-{self.stopped_at}'}, or raise {step}.max_minutes (0 = no cap).")
+
+
+# ---------------------------------------------------------------------------------------- checkpoints and resume
+
+CHECKPOINT_MARKER = "umeflow_checkpoint.json"
+
+# Settings that do not change what a run computes, so a checkpoint stays resumable when they change: where outputs
+# go, how often it logs and saves, the caps and guards that may stop it, and max_steps (a rerun with a larger one
+# continues the same run). The model/data/embedder *paths* are left out because their contents are identified by
+# hash instead (a moved folder is the same input; a retrained one at the same path is not).
+RESUME_INDEPENDENT = frozenset({
+    "out", "model", "data", "embedder", "resume", "tracking_uri", "max_steps", "max_minutes", "logging_steps",
+    "save_steps", "save_total_limit", "dataloader_num_workers", "zero_std_patience", "format_check_steps",
+    "min_format_rate", "max_fallback_rate"})
+
+
+def run_identity(cfg, models: dict[str, str | Path], data: dict[str, str]) -> dict:
+    """What a checkpoint belongs to: fingerprints of the input model(s), sha256 of the training data file(s) and the
+    resolved config less ``RESUME_INDEPENDENT`` (JSON-normalised, so it compares equal after a round trip)."""
+    import dataclasses
+
+    from umeflow.evaluate.cache import model_fingerprint
+
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_INDEPENDENT}
+    return json.loads(json.dumps({"models": {k: model_fingerprint(v) for k, v in models.items()}, "data": data,
+                                  "config": config}, sort_keys=True, default=str))
+
+
+def identity_differences(saved: dict, current: dict) -> list[str]:
+    """What differs between a checkpoint's identity and this run's, in words (empty when they match)."""
+    out = []
+    for kind, label in (("models", "model"), ("data", "training data")):
+        a, b = saved.get(kind) or {}, current.get(kind) or {}
+        out += [f"{label} '{k}' differs" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    a, b = saved.get("config") or {}, current.get("config") or {}
+    out += [f"{k}: {a.get(k, '(unset)')!r} there, {b.get(k, '(unset)')!r} now" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    return out
+
+
+class CheckpointIdentity(TrainerCallback):
+    """Writes the run's identity into each checkpoint as the last file of its save. The marker says both which run
+    the checkpoint belongs to and that the save finished: a checkpoint without it was cut short."""
+
+    def __init__(self, identity: dict):
+        self.identity = identity
+
+    def on_save(self, args, state, control, **kwargs):
+        from umeflow.io import write_json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_json(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, **self.identity})
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is not whole (its header must parse and cover exactly the bytes on disk)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"{path.name} is truncated or damaged ({e})"
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from, or None when it is complete: the marker (written last), a readable
+    trainer_state.json, model weights, every safetensors file whole, and every torch file (optimizer, scheduler,
+    RNG, DeepSpeed shards: zip archives) with an intact central directory, which sits at the end of the file."""
+    import zipfile
+
+    marker = folder / CHECKPOINT_MARKER
+    if not marker.is_file():
+        return f"no {CHECKPOINT_MARKER} (its save was interrupted, or an older umeflow wrote it)"
+    for name in (CHECKPOINT_MARKER, "trainer_state.json"):
+        try:
+            json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            return f"{name} is missing or not valid JSON"
+    weights = list(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, AttributeError):
+            return f"{index.name} is not valid"
+        if missing := sorted(s for s in shards if not (folder / s).is_file()):
+            return f"weight shards missing: {', '.join(missing[:3])}"
+    if not weights and not list(folder.glob("global_step*")) and not (folder / "pytorch_model.bin").is_file():
+        return "no model weights"
+    for path in weights:
+        if problem := _safetensors_problem(path):
+            return problem
+    for path in sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in folder.rglob(ext)):
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (OSError, zipfile.BadZipFile):
+            return f"{path.relative_to(folder)} is truncated or not a torch checkpoint"
+    return None
+
+
+def _checkpoint_folders(ckpt_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders, newest (highest N) first."""
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def resume_checkpoint(ckpt_dir: Path, identity: dict, step: str, resume: bool = True) -> str | None:
+    """The checkpoint to resume from: the newest complete one under ``ckpt_dir``, if it belongs to this run.
+
+    Incomplete checkpoints (a kill during save, a truncated file) are skipped with a warning, falling back to the
+    previous complete one. A complete checkpoint of another run (model, data or a setting that changes the result)
+    is refused: resuming would publish that run's weights under this run's name. ``resume=False`` starts afresh and
+    deletes ``ckpt_dir`` first, so no checkpoint of an earlier run is left among the new ones.
+    """
+    if not ckpt_dir.is_dir():
+        return None
+    if not resume:
+        log.warning("%s.resume is false: deleting %s and training from step 0", step, ckpt_dir)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return None
+    folders = _checkpoint_folders(ckpt_dir)
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem:
+            log.warning("skipping incomplete checkpoint %s: %s", folder, problem)
+            continue
+        differs = identity_differences(json.loads((folder / CHECKPOINT_MARKER).read_text()), identity)
+        if differs:
+            more = f" (+{len(differs) - 4} more)" if len(differs) > 4 else ""
+            raise UserError(f"{ckpt_dir.parent} holds checkpoints of another {step} run ({folder.name}: "
+                            f"{'; '.join(differs[:4])}{more}); refusing to resume from them. Use another --out, or "
+                            f"--set resume=false to delete {ckpt_dir} and train afresh.")
+        return str(folder)
+    if folders:
+        log.warning("no complete checkpoint under %s: training starts from step 0", ckpt_dir)
+    return None
 
 
 def apply_freezing(model, cfg: SFTConfig) -> dict[str, int]:
@@ -243,12 +402,6 @@ def apply_freezing(model, cfg: SFTConfig) -> dict[str, int]:
             p.requires_grad_(not flag)
     return {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "total_parameters": sum(p.numel() for p in model.parameters())}
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
 def publish_final_model(trainer, processor, dest: Path, model=None) -> None:

@@ -22,7 +22,7 @@ from umeflow.data.schemas import load_records
 from umeflow.errors import RecordError, UserError
 from umeflow.model.chat import DISC_EMB, GENERATION_PROMPT
 from umeflow.model.inputs import build_batch
-from umeflow.model.items import Item, strip_placeholders
+from umeflow.model.items import Item, TextBudget, strip_placeholders
 from umeflow.model.vision import SFT_VIDEO_MAX_FRAME_PIXELS, SFT_VIDEO_MIN_FRAME_PIXELS, VisionSizing
 
 END_OF_TURN = "<|im_end|>\n"
@@ -72,10 +72,14 @@ def _side(rec: dict, key: str, media_root: Path, path: Path) -> tuple[Item, str,
     return item, human, gpt.strip() + END_OF_TURN
 
 
-def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str = "error"):
-    """Validated SFT pairs from ``path``; media paths resolve against ``media_root``. Returns (pairs, counter)."""
+def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str = "error",
+                   budget: TextBudget | None = None):
+    """Validated SFT pairs from ``path``; media paths resolve against ``media_root`` and must stay inside it;
+    with ``budget`` each side's turns must fit its token budget. Returns (pairs, counter); a file without a usable
+    pair is a UserError that says so (before any model is trained)."""
     path, media_root = Path(path), Path(media_root)
-    records, counter = load_records(path, "ume_sft", media_root=media_root, on_bad_record=on_bad_record)
+    records, counter = load_records(path, "ume_sft", media_root=media_root, on_bad_record=on_bad_record,
+                                    budget=budget)
     pairs = []
     for rec in records:
         try:
@@ -86,6 +90,10 @@ def load_sft_pairs(path: str | Path, media_root: str | Path, on_bad_record: str 
             continue
         key = hashlib.sha256(repr((t.text, [str(p) for p in t.images], tr)).encode()).hexdigest()[:16]
         pairs.append(SFTPair(q, qr, t, tr, rec.get("dataset_name", ""), key, query_turn=q_turn, target_turn=t_turn))
+    if not pairs:
+        raise UserError(f"{path} holds no records" if not counter.count else
+                        f"{path} holds no usable record ({counter.count} bad records skipped; first: "
+                        f"{counter.skipped[0]})")
     return pairs, counter
 
 
