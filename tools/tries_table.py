@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict = o.verdict if o.verdict == "GOOD" else f"**{o.verdict}** ({_cell(o.reason, 60)})"
         code = "—" if o.exit_code is None else str(o.exit_code)
         grid.setdefault(case.name, {})[step] = f"{code} {o.verdict}"
-        first = _cell(o.first_line, args.width)
+        # paths inside the temporary workspace are shown from the case's folder: what the line names, not where
+        first = _cell(o.first_line.replace(f"{ws.root}/cases/", "…/").replace(f"{ws.root}/", "…/"), args.width)
         print(f"| {_cell(case.name, 60)} | {step} | {code} | {first} | {verdict} |", flush=True)
         print(f"  {bi.pair_id(case, step)}: {o.verdict} in {o.seconds:.1f} s", file=sys.stderr)
     total = sum(counts.values())
