@@ -239,6 +239,16 @@ def test_checkpoints_are_validated_and_eval_tags_are_valid_mlflow_names(tmp_path
     assert tags["eval.pass_at_4.overall"] == "0.75" and tags["eval.disc_disc.video"] == "0.5"
     assert eval_metrics(ev)["eval.disc_disc.I-CLS"] == 0.5 and "eval.snapshot" not in eval_metrics(ev)
 
+    # the card names the training run from register's train.* tags (it used to read unprefixed keys: "unknown")
+    from umeflow.registry.card import model_card
+    from umeflow.steps.register import _training_tags
+
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "hidden_size": 64}))
+    (tmp_path / "run_info.json").write_text(json.dumps({"config_hash": "c0ffee", "mlflow_run_id": "r123"}))
+    card = model_card("umeflow", "1", ckpt, ev, {}, _training_tags(ckpt),
+                      {"mode": "disc", "max_new_tokens": 8, "batch_size": 2}, full=False)
+    assert "config hash `c0ffee`, MLflow run `r123`" in card
+
 
 def test_pyfunc_inputs_are_validated_with_row_and_column(tmp_path):
     from umeflow.registry.pyfunc import parse_inputs

@@ -126,8 +126,9 @@ def model_card(name: str, version: str, checkpoint: Path, ev: EvalOutput, lineag
              f"- backbone: `{config.get('model_type', 'unknown')}`, embedding size "
              f"{(config.get('text_config') or {}).get('hidden_size') or config.get('hidden_size')}",
              f"- checkpoint: `{checkpoint}` (fingerprint `{lineage.get('lineage.input.model', 'unknown')}`)",
-             f"- training run: config hash `{training.get('config_hash') or 'unknown'}`, MLflow run "
-             f"`{training.get('mlflow_run_id') or 'unknown'}`",
+             # ``training``: register's ``train.*`` tags (steps/register.py ``_training_tags``)
+             f"- training run: config hash `{training.get('train.config_hash') or 'unknown'}`, MLflow run "
+             f"`{training.get('train.mlflow_run_id') or 'unknown'}`",
              f"- serving defaults: mode `{settings['mode']}`, max_new_tokens {settings['max_new_tokens']}, "
              f"batch_size {settings['batch_size']}", "",
              f"## Evaluation (suite `{ev.snapshot.suite or 'unknown'}`, {len(ev.snapshot.tasks)} tasks, scores ×100)",
