@@ -2,15 +2,17 @@
 
 Every sub-command takes ``--config RECIPE`` (a YAML with one section per step) and ``--set key=value`` overrides;
 dedicated flags such as ``--out`` are shorthands for the most used keys. Errors that users can fix (bad records,
-missing assets, bad settings) print one clear line and exit with status 2; anything else is a bug and keeps its
-traceback.
+missing assets, bad settings) print one clear line and exit with status 2; Ctrl-C prints one line and exits 130;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from umeflow.config import (AnnotateConfig, AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
                             GRPOConfig, SFTConfig, load_config)
@@ -20,13 +22,60 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="recipe YAML (one section per step)")
     p.add_argument("--preset", action="append", default=[], metavar="YAML",
                    help="overlay on the recipe, e.g. a hardware preset (configs/presets/*.yaml); repeatable")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
+                   help="override one config key of this step, e.g. seed=3 or data.seed=3; keys of other steps' "
+                        "sections (sft.max_steps=2) are ignored, so one list fits every step (repeatable)")
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EXIT_CODES = """exit status:
+  0    success
+  2    usage error, or a user error: bad input, missing file, bad setting (one line on stderr naming it)
+  3    the promotion gate rejected the challenger (promote --fail-on-reject)
+  130  interrupted (Ctrl-C)
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("umeflow")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def _log_options() -> argparse.ArgumentParser:
+    """-v / -q / --log-level, given to the top-level parser and to every sub-command so they work before or after it.
+
+    ``default=SUPPRESS``: a sub-command parser that did not see the option sets nothing, so it cannot reset a value
+    given before the sub-command (argparse copies sub-parser defaults over the namespace)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="DEBUG", default=argparse.SUPPRESS,
+                   help="debug messages too (same as --log-level DEBUG)")
+    g.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="WARNING",
+                   default=argparse.SUPPRESS, help="warnings and errors only (same as --log-level WARNING)")
+    g.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="default INFO")
+    return p
+
+
+def _add_log_options(parser: argparse.ArgumentParser, parent: argparse.ArgumentParser) -> None:
+    """Give ``parent``'s options to every sub-command parser below ``parser``, including pipeline/cli.py's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                child._add_container_actions(parent)  # what ArgumentParser(parents=[parent]) does
+                _add_log_options(child, parent)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="umeflow", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
+    log_options = _log_options()
+    parser = argparse.ArgumentParser(prog="umeflow", description=__doc__.splitlines()[0], parents=[log_options],
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"umeflow {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     assets = sub.add_parser("assets", help="offline data/model assets from package registries")
@@ -148,7 +197,32 @@ def build_parser() -> argparse.ArgumentParser:
     from umeflow.pipeline.cli import add_commands
 
     add_commands(sub)  # run-local, compile, upload, submit, schedule
+    _add_log_options(parser, log_options)
     return parser
+
+
+@contextlib.contextmanager
+def _third_party_output_to_stderr() -> Iterator[None]:
+    """Keep stdout for a command's result (``model init-tiny`` prints the checkpoint path for scripts to read).
+
+    Libraries write banners there: DeepSpeed's logger is a StreamHandler bound to ``sys.stdout`` when it is created
+    (``Setting accelerator to CPU`` on import). Handlers made earlier are moved to stderr (in our log format), and
+    anything printed or any handler created meanwhile lands on stderr through the redirect."""
+    for stream in {id(sys.stdout): sys.stdout, id(sys.__stdout__): sys.__stdout__}.values():
+        _move_log_handlers(stream, sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+    _move_log_handlers(sys.stderr, sys.stderr)  # same stream, but one log format for handlers made meanwhile
+
+
+def _move_log_handlers(old, new) -> None:
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    for lg in loggers:
+        for h in lg.handlers:
+            if type(h) is logging.StreamHandler and h.stream is old and old is not None:
+                h.setStream(new)
+                h.setFormatter(logging.Formatter(LOG_FORMAT))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -182,7 +256,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         cfg = load_config(ModelInitConfig, args.config, args.overrides, out=args.out, family=args.family,
                           tokenizer=args.tokenizer, assets_dir=args.assets_dir)
-        path = tiny.init_tiny(cfg)
+        with _third_party_output_to_stderr():
+            path = tiny.init_tiny(cfg)
         print(path)
         return 0
     if cmd == "embed":
@@ -207,7 +282,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(SFTConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,
                           max_steps=args.max_steps, max_minutes=args.max_minutes, seed=args.seed,
                           deepspeed=args.deepspeed)
-        sft_step.run(cfg)
+        with _third_party_output_to_stderr():  # DeepSpeed's banner
+            sft_step.run(cfg)
         return 0
     if cmd == "grpo":
         from umeflow.steps import grpo as grpo_step
@@ -215,7 +291,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(GRPOConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,
                           recipe=args.recipe, embedder=args.embedder, max_steps=args.max_steps,
                           max_minutes=args.max_minutes, seed=args.seed, deepspeed=args.deepspeed)
-        grpo_step.run(cfg)
+        with _third_party_output_to_stderr():  # DeepSpeed's banner
+            grpo_step.run(cfg)
         return 0
     if cmd == "evaluate":
         from umeflow.steps import evaluate
@@ -255,13 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "preset", None):  # recipe + overlays, later files winning (config.load_config)
         args.config = [args.config, *args.preset] if args.config else list(args.preset)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), format=LOG_FORMAT)
     try:
         return _dispatch(args)
     except (UserError, ConfigError) as e:
         print(f"umeflow {args.command}: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)  # e.g. 3: the promotion gate rejected the challenger
+    except KeyboardInterrupt:  # Ctrl-C is the user's choice, not a bug: one line, no traceback, the shell's 128+SIGINT
+        print(f"umeflow {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import types
 import typing
@@ -438,6 +439,12 @@ def _yaml_kind(doc: Any) -> str:
                                                                                           type(doc).__name__)
 
 
+def _known_sections() -> set[str]:
+    """The recipe sections of every step config defined in this module (``AssetsConfig.SECTION`` ...)."""
+    return {c.SECTION for c in globals().values()
+            if isinstance(c, type) and isinstance(getattr(c, "SECTION", None), str)}
+
+
 def load_config(cls: type[T], path: str | os.PathLike | list | None = None, overrides: list[str] | None = None,
                 **explicit: Any) -> T:
     """Build ``cls`` from the recipe section ``cls.SECTION`` of ``path``, then ``overrides``, then ``explicit``.
@@ -473,8 +480,16 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
         k = k.strip()
-        if k.startswith(cls.SECTION + "."):
-            k = k[len(cls.SECTION) + 1:]
+        sec, dot, rest = k.partition(".")
+        if dot and sec == cls.SECTION:
+            k = rest
+        elif dot and sec in _known_sections():
+            # Another step's key: one override list can then be passed to every step (as run-local does).
+            logging.getLogger(__name__).debug("--set %s: for step '%s', ignored by '%s'", item, sec, cls.SECTION)
+            continue
+        elif dot:
+            raise ConfigError(f"--set {item!r}: unknown section '{sec}' "
+                              f"(known: {', '.join(sorted(_known_sections()))})")
         if k not in names:
             raise ConfigError(f"--set {item!r}: unknown key '{k}' for step '{cls.SECTION}' "
                               f"(known: {', '.join(sorted(names))})")
