@@ -122,8 +122,33 @@ def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, d
     return "\n".join(lines) + "\n"
 
 
-def bar_plot(expected: list[TaskMeta], results: dict[str, dict], path: str | Path, title: str) -> None:
-    """Per-category grouped bars, one bar per column (disc, gen, oracle, selector, …)."""
+def plot_title(model: str, suite: str) -> str:
+    """``grpo/model on offline``: the checkpoint (its folder and that folder's parent, see ``model_label``) and the
+    task suite, so a plot read on its own says what was evaluated."""
+    from umeflow.registry.runs import model_label
+
+    return f"{model_label(model) or model} on {suite}"
+
+
+def chance_by_group(expected: list[TaskMeta], results: dict[str, dict]) -> dict[str, float | None]:
+    """The chance level of each plotted bar group: the mean of its tasks' chance levels (``results[t]["chance"]``),
+    the same unweighted mean the bars take; None where a task of the group has none (NDCG tasks, a missing task)."""
+    counted = [t for t in expected if not t.smoke]
+    groups: dict[str, list[TaskMeta]] = defaultdict(list)
+    for t in counted:
+        groups[t.category].append(t)
+    groups["overall"] = counted
+
+    def mean_chance(tasks: list[TaskMeta]) -> float | None:
+        have = [results[t.name].get("chance") for t in tasks if t.name in results]
+        return _mean(have) if tasks and len(have) == len(tasks) and None not in have else None
+
+    return {k: mean_chance(v) for k, v in groups.items()}
+
+
+def bar_figure(expected: list[TaskMeta], results: dict[str, dict], model: str, suite: str):
+    """Per-category grouped bars, one bar per column (disc, gen, oracle, selector, …), each labelled with its
+    value; a dashed line over each group at its chance level where that is known; the legend below the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,15 +158,34 @@ def bar_plot(expected: list[TaskMeta], results: dict[str, dict], path: str | Pat
     aggs = {c: aggregate(expected, results, c) for c in cols}
     cats = list(aggs[cols[0]]["categories"]) + ["overall"]
     width = 0.8 / len(cols)
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cats)), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cats) * max(1, len(cols) / 4)), 4.6))
     for i, c in enumerate(cols):
         vals = [aggs[c]["categories"].get(k) if k != "overall" else aggs[c]["overall"] for k in cats]
         xs = [j + (i - (len(cols) - 1) / 2) * width for j in range(len(cats))]
-        ax.bar(xs, [100 * v if v is not None else 0 for v in vals], width, label=column_label(c))
+        bars = ax.bar(xs, [100 * v if v is not None else 0 for v in vals], width, label=column_label(c))
+        # an incomplete aggregate is drawn as an empty bar labelled "–", never as a score of 0
+        ax.bar_label(bars, labels=[fmt(v) for v in vals], fontsize=7, padding=1)
+    chance = chance_by_group(expected, results)
+    labelled = False
+    for j, k in enumerate(cats):
+        if chance.get(k) is not None:
+            ax.hlines(100 * chance[k], j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=1,
+                      label=None if labelled else "chance", zorder=3)
+            labelled = True
     ax.set_xticks(range(len(cats)), cats, rotation=20)
     ax.set_ylabel("score ×100 (Hit@1 / NDCG@5)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, ncol=min(4, len(cols)))
+    ax.set_ylim(0, 110)  # room for the value labels above a bar at 100
+    ax.set_title(plot_title(model, suite))
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(fontsize=8, ncol=min(4, len(handles)), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def bar_plot(expected: list[TaskMeta], results: dict[str, dict], path: str | Path, model: str, suite: str) -> None:
+    """``bar_figure`` saved as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = bar_figure(expected, results, model, suite)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # "tight": the legend below the axes stays in the image
     plt.close(fig)

@@ -169,6 +169,19 @@ def check_text_budget(data: TaskData, names: list[str], budget: TextBudget) -> N
             raise UserError(f"{where or data.meta.name}: task {data.meta.name}: the {what} text {reason}")
 
 
+def chance_level(meta: TaskMeta, data: TaskData, names: list[str]) -> float | None:
+    """Expected Hit@1 of a random ranking: per query, its positives over its candidates (local: its own list,
+    global: the pool), averaged; None for other metrics (a random NDCG depends on the graded relevances)."""
+    if meta.metric != "hit@1" or not data.queries:
+        return None
+    pool = set(names)
+    per_query = []
+    for qi, positives in enumerate(data.labels):
+        cands = set(data.query_candidates[qi]) if data.query_candidates is not None else pool
+        per_query.append(min(1.0, len(set(positives) & cands) / len(cands)) if cands else 0.0)
+    return float(np.mean(per_query))
+
+
 def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple[str, ...],
                   max_queries: int = 0, seed: int = 0, pass_k: int = 0, budget: TextBudget | None = None) -> dict:
     full = load_task(meta, data_root)
@@ -186,7 +199,7 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         q_emb[mode], q_keys = store.embed(data.queries, mode, desc=f"{meta.name} queries")
         c_emb[mode], c_keys = store.embed(cand_items, mode, desc=f"{meta.name} candidates")
     result = {"num_queries": len(data.queries), "num_queries_total": len(full.queries),
-              "num_candidates": len(names), "scores": {}, "per_query": {}}
+              "num_candidates": len(names), "chance": chance_level(meta, data, names), "scores": {}, "per_query": {}}
     conf, raw = {}, {}
     for qm in modes:
         for tm in modes:

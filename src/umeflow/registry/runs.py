@@ -19,7 +19,9 @@ Which run it opens, first match wins:
 Only the main process logs (``RANK`` unset or 0). Every run gets the lineage tags (``umeflow.registry.lineage``),
 ``umeflow.step`` and the resolved config as params (``<section>.<key>``, credentials in URIs masked; a tracking URI's
 credentials are moved to the environment before MLflow sees it, ``umeflow.tracking``) and as
-``config/<step>.json``. ``MLFLOW_RUN_ID`` is hidden from the environment while the step runs, so that libraries
+``config/<step>.json``. A run is named after its step and the model its config reads (``evaluate · grpo/model``),
+and the experiment it lands in is tagged as model training (``mlflow.experimentKind``), so MLflow's UI opens on runs
+rather than GenAI traces. ``MLFLOW_RUN_ID`` is hidden from the environment while the step runs, so that libraries
 that read it (transformers' MLflowCallback) log into the open run instead of trying to start it a second time.
 """
 
@@ -45,6 +47,10 @@ DEFAULT_EXPERIMENT = "umeflow"
 PIPELINE_TAG = "umeflow.pipeline_run"
 ROLE_TAG = "umeflow.role"
 AUTO_PARENT_TAG = "umeflow.auto_parent"  # parents created by steps mirror their last step's status
+# MLflow 3's UI reads this experiment tag to pick the experiment's layout; without it, it guesses and opens on GenAI
+# traces. umeflow trains models, so its experiments say so (the value the UI offers as "custom model development").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -89,21 +95,33 @@ def _artifact_location(uri: str) -> str | None:
 
 
 def experiment_id(client, name: str, uri: str) -> str:
-    """Get or create experiment ``name`` (safe against a concurrent creator)."""
+    """Get or create experiment ``name`` (safe against a concurrent creator), tagged as model training."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise UserError(f"MLflow experiment '{name}' at {mask(uri)} is deleted; restore it or pick another name")
+        ensure_experiment_kind(client, exp.experiment_id, exp.tags)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=_artifact_location(uri))
+        return client.create_experiment(name, artifact_location=_artifact_location(uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
+        ensure_experiment_kind(client, exp.experiment_id, exp.tags)
         return exp.experiment_id
+
+
+def ensure_experiment_kind(client, exp_id: str, tags: dict[str, str] | None = None) -> None:
+    """Tag an experiment that umeflow logs into as model training, unless it already says what it is (a kind that
+    someone chose in the UI stays)."""
+    if tags is None:
+        tags = client.get_experiment(exp_id).tags
+    if EXPERIMENT_KIND_TAG not in tags:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def mask(value: str) -> str:
@@ -162,6 +180,20 @@ def _parent_run_id(client, exp_id: str, lineage: dict[str, str]) -> str | None:
 
 # --------------------------------------------------------------------------------------------- step runs
 
+def model_label(model: str | os.PathLike | None) -> str:
+    """A short name for a checkpoint: its folder and that folder's parent (``state/grpo/model`` → ``grpo/model``,
+    since the last folder alone is ``model`` for every step's output); a hub id (``org/name``) stays as it is."""
+    parts = [p for p in str(model or "").replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/".join(parts[-2:])
+
+
+def step_run_name(step: str, cfg: Any = None) -> str:
+    """``evaluate · grpo/model``: the step and the model it read, so that two evaluations (the SFT and the GRPO
+    model) are told apart in the run list; the bare step name when the config names no model."""
+    label = model_label(getattr(cfg, "model", None)) if isinstance(getattr(cfg, "model", None), str) else ""
+    return f"{step} · {label}" if label else step
+
+
 def _config_params(step: str, cfg: Any) -> dict[str, str]:
     section = getattr(cfg, "SECTION", step)
     params = {}
@@ -204,20 +236,23 @@ def step_run(step: str, cfg: Any = None, *, tracking_uri: str | None = None, exp
     client = mlflow.MlflowClient(tracking_uri=uri)
     lineage = lineage_tags(cfg, inputs)
     run_tags = {**lineage, "umeflow.step": step, **(tags or {})}
+    name = step_run_name(step, cfg)
     injected = os.environ.pop("MLFLOW_RUN_ID", None)
-    parent = None
+    parent = exp_id = None
     try:
         with mlflow_errors(uri):  # an unreachable or refusing server: one line naming it (no credentials), exit 2
             if injected:
                 active = mlflow.start_run(run_id=injected, tags=run_tags)
             elif mlflow.active_run() is not None:
                 parent = mlflow.active_run().info.run_id
-                active = mlflow.start_run(run_name=step, nested=True, tags=run_tags)
+                active = mlflow.start_run(run_name=name, nested=True, tags=run_tags)
             else:
                 exp_id = experiment_id(client, experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
                                        or DEFAULT_EXPERIMENT, uri)
                 parent = _parent_run_id(client, exp_id, lineage)
-                active = mlflow.start_run(experiment_id=exp_id, run_name=step, parent_run_id=parent, tags=run_tags)
+                active = mlflow.start_run(experiment_id=exp_id, run_name=name, parent_run_id=parent, tags=run_tags)
+            if exp_id is None:  # a run that someone else opened (KFP, a notebook): tag the experiment it is in
+                ensure_experiment_kind(client, active.info.experiment_id)
         info = StepRun(active.info.run_id, active.info.experiment_id, parent, uri, lineage)
         status = "FAILED"
         try:

@@ -168,7 +168,7 @@ def publish(cfg: EvaluateConfig, tasks: list[TaskMeta], expected: list[TaskMeta]
         (tmp / "report.md").write_text(report)
         write_json(tmp / "summary.json", summary)
         write_json(tmp / "per_query.json", per_query)
-        bar_plot(expected, results, tmp / "categories.png", f"{Path(cfg.model).name}: {cfg.tasks}")
+        bar_plot(expected, results, tmp / "categories.png", cfg.model, cfg.tasks)
         leaderboard.write_score_files(tmp, tasks, results, cfg.model, cfg.max_queries_per_task)
         write_json(tmp / "metrics.json", metrics)
         write_run_info(tmp, cfg, inputs={"model_fingerprint": stats["model_fingerprint"]})
