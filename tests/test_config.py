@@ -41,3 +41,26 @@ def test_a_preset_overlays_the_recipe_key_by_key():
     assert (both.pairs_per_step, both.max_completion_length, both.max_pixels) == (4, 1024, 1003520)
     assert both.learning_rate == base.learning_rate == 1e-6  # untouched keys keep the recipe's value
     assert (both.num_generations, both.beta, both.epsilon_low, both.epsilon_high) == (8, 0.04, 0.2, 0.28)
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("grpo.recipe=ume_r2", "ume_r1, embed_rl"),
+    ("evaluate.mode=bothh", "disc, gen, both"),
+    ("annotate.backend=opnai", "grounded, openai"),
+    ("sft.on_bad_record=skipp", "error, skip"),
+    ("model.family=qwen4_vl", "qwen2_vl, qwen2_5_vl, qwen3_vl"),
+])
+def test_prepare_run_refuses_a_bad_choice_naming_key_and_choices(tmp_path, override, allowed):
+    """Issue #16: prepare_run promises to fail in seconds, but accepted misspelt choices that failed (or, worse, fell
+    through to a default branch) only when their step ran; choices are Literal fields checked at load."""
+    from umeflow.pipeline.tasks import prepare_run
+
+    key, _, value = override.partition("=")
+    with pytest.raises(C.ConfigError, match=rf"{key}='{value}' is not one of {allowed}$"):
+        prepare_run("configs/tiny.yaml", [override], str(tmp_path / "ckpt"), str(tmp_path), "run1")
+    recipe = tmp_path / "r.yaml"
+    section, _, field = key.partition(".")
+    recipe.write_text(yaml.safe_dump({section: {field: value}}))
+    cls = next(c for c in vars(C).values() if isinstance(c, type) and getattr(c, "SECTION", None) == section)
+    with pytest.raises(C.ConfigError, match=rf"{recipe}: {key}='{value}' is not one of"):
+        C.load_config(cls, str(recipe))

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -47,7 +47,7 @@ class DataConfig:
     assets_dir: str = "state/assets"
     out: str = "state/data"
     seed: int = 0
-    on_bad_record: str = "error"  # "error" | "skip" (skip counts and reports)
+    on_bad_record: Literal["error", "skip"] = "error"  # skip counts and reports
     # offline eval suite sizes (queries per task); defaults keep the whole build under a minute on 2 CPU cores
     eval_fashion_per_class: int = 50
     eval_fashion_vqa_per_class: int = 30
@@ -71,8 +71,9 @@ class ModelInitConfig:
     SECTION = "model"
     out: str = "state/models/tiny"
     assets_dir: str = "state/assets"
-    family: str = "qwen2_vl"  # qwen2_vl | qwen2_5_vl | qwen3_vl
-    tokenizer: str = "qwen2"  # "qwen2": the real Qwen2 tokenizer (npm asset); "compact": a BPE trained here
+    family: Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl"] = "qwen2_vl"
+    # "qwen2": the real Qwen2 tokenizer (npm asset); "compact": a BPE trained here
+    tokenizer: Literal["qwen2", "compact"] = "qwen2"
     compact_vocab_size: int = 4096  # only for tokenizer "compact"
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -103,7 +104,7 @@ class EmbeddingInputs:
     qwen_vl_utils_resize: bool = False
     video_min_frame_pixels: int = 0  # 0 = frames sized like images
     video_max_frame_pixels: int = 0
-    disc_readout: str = "disc_emb"
+    disc_readout: Literal["disc_emb", "next_token"] = "disc_emb"
 
 
 @dataclass
@@ -112,7 +113,7 @@ class EmbedConfig(EmbeddingInputs):
     model: str = "state/models/tiny"
     input: str = ""
     out: str = ""
-    mode: str = "disc"  # disc | gen
+    mode: Literal["disc", "gen"] = "disc"
     batch_size: int = 8
     max_new_tokens: int = 64
     do_sample: bool = False
@@ -132,7 +133,7 @@ class EvaluateConfig(EmbeddingInputs):
     model: str = "state/models/tiny"
     data_root: str = "state/data/eval"  # local folder or s3://bucket/prefix (MMEB-V2 layout or the offline suite)
     tasks: str = "offline"  # offline | mmeb-v2 | image | video | visdoc | comma-separated task names
-    mode: str = "both"  # disc | gen | both (both = one generation pass; disc comes from its prefill)
+    mode: Literal["disc", "gen", "both"] = "both"  # both = one generation pass; disc comes from its prefill
     out: str = "state/eval"
     batch_size: int = 8
     max_new_tokens: int = 64  # UME-R1 evaluates with 8,192 (configs/qwen2-vl-*.yaml); small budgets cut reasoning
@@ -159,10 +160,11 @@ class AnnotateConfig:
     SECTION = "annotate"
     data: str = "state/data"  # `umeflow data build` output (train/pairs.jsonl in MMEB-train layout)
     out: str = "state/annotate"
-    backend: str = "grounded"  # grounded (offline, from real metadata) | openai (any OpenAI-compatible endpoint)
+    # grounded (offline, from real metadata) | openai (any OpenAI-compatible endpoint)
+    backend: Literal["grounded", "openai"] = "grounded"
     seed: int = 0
     limit: int = 0  # annotate only the first N pairs (0 = all)
-    on_bad_record: str = "error"
+    on_bad_record: Literal["error", "skip"] = "error"
     # grounded backend: short, because a tiny model must learn to emit it
     max_reasoning_words: int = 16
     max_summary_words: int = 12
@@ -194,7 +196,7 @@ class SFTConfig:
     data: str = "state/annotate"  # annotate output: sft.jsonl + manifest.json (media_root)
     out: str = "state/sft"  # checkpoints/ (resumable) and model/ (the final safetensors checkpoint)
     seed: int = 0
-    on_bad_record: str = "error"
+    on_bad_record: Literal["error", "skip"] = "error"
     max_input_tokens: int = 8192  # a record side whose turns have more text tokens is a bad record (0 = no limit)
     # optimisation
     per_device_batch_size: int = 32
@@ -258,12 +260,12 @@ class GRPOConfig:
     """
 
     SECTION = "grpo"
-    recipe: str = "ume_r1"  # ume_r1 | embed_rl
+    recipe: Literal["ume_r1", "embed_rl"] = "ume_r1"
     model: str = "state/sft/model"  # the policy's initial checkpoint (an SFT output)
     data: str = "state/data/train"  # pairs.jsonl (umeflow data build) or rl.jsonl (UME-R1 RL records), or a file
     out: str = "state/grpo"
     seed: int = 0
-    on_bad_record: str = "error"
+    on_bad_record: Literal["error", "skip"] = "error"
     max_input_tokens: int = 8192  # a pair whose side has more text tokens is a bad record (0 = no limit)
     max_pairs: int = 0  # 0 = every pair; else a seeded subset
     datasets: str = ""  # comma-separated dataset_name filter (empty = all)
@@ -301,7 +303,7 @@ class GRPOConfig:
     weight_process: float = 0.8
     weight_outcome: float = 0.2
     negative_tau: float = 0.5
-    acc_mode: str = "all"  # all (paper) | fraction (released code)
+    acc_mode: Literal["all", "fraction"] = "all"  # all (paper) | fraction (released code)
     weighted_negatives: bool = True
     require_cue: bool = True  # the <thinking> JSON must carry the input kind's cue (bbox_2d / text_keywords)
     judge_base_url: str = ""  # OpenAI-compatible endpoint for the process reward; empty = no process reward
@@ -323,7 +325,7 @@ class GRPOConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
-    vllm_mode: str = "colocate"  # colocate | server
+    vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
     vllm_server_base_url: str = ""
     max_pixels: int = 0  # 0 = the processor's own cap
@@ -352,7 +354,7 @@ class RegisterConfig:
     check_eval_model: bool = True  # refuse an evaluation of a different checkpoint (by fingerprint or path)
     smoke_test: bool = True  # embed one text with the pyfunc before logging it
     # serving defaults of the pyfunc (each one a predict param too)
-    default_mode: str = "disc"  # disc | gen
+    default_mode: Literal["disc", "gen"] = "disc"
     max_new_tokens: int = 64
     batch_size: int = 8
 
@@ -396,6 +398,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return None
         tp = args[0]
     origin = typing.get_origin(tp)
+    if origin is Literal:  # a choice: refused at load, naming the key and the allowed values, not deep in a step
+        allowed = typing.get_args(tp)
+        if value not in allowed and str(value) not in allowed:
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {', '.join(map(str, allowed))}")
+        return value if value in allowed else str(value)
     if origin is dict:  # e.g. sft.dataset_repeats: a string here would be read as its characters later on
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}={value!r} must be a mapping, e.g. {key}={{name: 2}} in --set "
