@@ -482,6 +482,7 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
                 raise ConfigError(f"recipe {p}: unknown key '{cls.SECTION}.{k}' (known: {', '.join(sorted(names))})")
             values[k] = _coerce(v, hints[k], f"{cls.SECTION}.{k}", str(p))
             origins[k] = lambda value, p=p, k=k: f"recipe {p}: {cls.SECTION}.{k}={value!r}"
+    known_sections = _known_sections() if overrides else set()
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
@@ -490,13 +491,13 @@ def load_config(cls: type[T], path: str | os.PathLike | list | None = None, over
         sec, dot, rest = k.partition(".")
         if dot and sec == cls.SECTION:
             k = rest
-        elif dot and sec in _known_sections():
+        elif dot and sec in known_sections:
             # Another step's key: one override list can then be passed to every step (as run-local does).
             logging.getLogger(__name__).debug("--set %s: for step '%s', ignored by '%s'", item, sec, cls.SECTION)
             continue
         elif dot:
             raise ConfigError(f"--set {item!r}: unknown section '{sec}' "
-                              f"(known: {', '.join(sorted(_known_sections()))})")
+                              f"(known: {', '.join(sorted(known_sections))})")
         if k not in names:
             raise ConfigError(f"--set {item!r}: unknown key '{k}' for step '{cls.SECTION}' "
                               f"(known: {', '.join(sorted(names))})")

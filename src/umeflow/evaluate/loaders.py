@@ -227,7 +227,8 @@ def load_visdoc_task(meta: TaskMeta, root: DataRoot) -> TaskData:
         judged = qrels.get(qid)
         if not judged:
             raise row.error("query-id", f"query {qid!r} has no relevant document in {root.display(files['qrels'])}")
-        out.add(Item(strip_placeholders(instructed(VISDOC_QUERY, text))), list(judged), rel=list(judged.values()))
+        out.add(Item(strip_placeholders(instructed(VISDOC_QUERY, text))), list(judged), rel=list(judged.values()),
+                row=row)
     return out.build()
 
 

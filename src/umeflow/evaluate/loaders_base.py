@@ -192,6 +192,7 @@ class Collector:
         self.pool: dict[str, Item] = {}
         self.query_origins: list[str | None] = []
         self.candidate_origins: dict[str, str | None] = {}
+        _CURRENT_ROW.set(None)  # a row left current by an earlier task's (sliced) iteration is not this task's
 
     def candidate(self, name: str, make: Callable[[], Item]) -> str:
         if name not in self.pool:
@@ -199,9 +200,12 @@ class Collector:
             self.candidate_origins[name] = _current_origin()
         return name
 
-    def add(self, query: Item, labels: list[str], cands: list[str] | None = None, rel: list[float] | None = None):
+    def add(self, query: Item, labels: list[str], cands: list[str] | None = None, rel: list[float] | None = None,
+            row: Row | None = None):
+        """``row``: where the query was read, for loaders that add queries after reading other files (visdoc);
+        default: the row being read."""
         self.queries.append(query)
-        self.query_origins.append(_current_origin())
+        self.query_origins.append(f"{row.path}:{row.line}" if row is not None else _current_origin())
         self.labels.append(labels)
         self.cand_lists.append(list(dict.fromkeys(cands if cands is not None else labels)))
         if rel is not None:

@@ -46,8 +46,6 @@ class Item:
                    video=tuple(resolve(p) for p in video if p) if video else None)
 
 
-DEFAULT_MAX_INPUT_TOKENS = 8192
-
 
 class TextBudget:
     """The most text tokens one input may hold (recipe key ``max_input_tokens`` of embed, evaluate, sft and grpo;

@@ -269,7 +269,10 @@ def run_identity(cfg, models: dict[str, str | Path], data: dict[str, str]) -> di
 
     from umeflow.evaluate.cache import model_fingerprint
 
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_INDEPENDENT}
+    from umeflow.tracking import redact_values
+
+    # redacted as run_info.json and config_hash are: a judge/vLLM URL may carry credentials, and the marker is on disk
+    config = redact_values({k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_INDEPENDENT})
     return json.loads(json.dumps({"models": {k: model_fingerprint(v) for k, v in models.items()}, "data": data,
                                   "config": config}, sort_keys=True, default=str))
 
