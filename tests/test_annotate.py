@@ -20,7 +20,7 @@ from PIL import Image
 
 from umeflow.annotate import grounded
 from umeflow.annotate.filters import REWARD_FORMAT_RE, check
-from umeflow.annotate.openai_compat import retry_after_seconds
+from umeflow.openai_client import retry_after_seconds
 from umeflow.config import AnnotateConfig, DataConfig
 from umeflow.data.build import build
 from umeflow.data.schemas import load_records

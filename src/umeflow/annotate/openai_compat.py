@@ -1,55 +1,30 @@
 """Annotation by a multimodal LLM behind any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, …).
 
-Images travel as base64 data URLs. Requests run ``concurrency`` at a time; 429, 5xx, timeouts and connection errors are
-retried with exponential backoff and jitter (``Retry-After`` wins when the server sends it). Every answer goes into a
-content-addressed cache as it arrives, so a killed run resumes without repeating a completed call. The API key is read
-from the environment variable named by the config and is never logged or written anywhere.
+Images travel as base64 data URLs. Requests, concurrency, retries and backoff are ``umeflow.openai_client.ChatClient``'s
+(shared with the generation engine and the GRPO judge). Every answer goes into a content-addressed cache as it
+arrives, so a killed run resumes without repeating a completed call. The API key is read from the environment variable
+named by the config and is never logged or written anywhere.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
-import logging
 import os
-import random
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path
-
-import requests
 
 from umeflow.annotate.cache import ResponseCache, content_key
 from umeflow.annotate.sides import Side
 from umeflow.errors import UserError
 from umeflow.model.chat import GEN_EMB
+from umeflow.openai_client import ChatClient
 
-log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = (
     "Think about the input above step by step: what it shows or says and what matters for finding it again. "
     "Then summarize the entire input in a word or a short sentence. Reply exactly in the form "
     "<think>your reasoning</think><answer>your summary</answer>"
 )
-RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
         ".webp": "image/webp", ".bmp": "image/bmp"}
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date, counted from ``now``, default the clock),
-    or None when absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now))
-    except (TypeError, ValueError):
-        return None
 
 
 def normalise_response(message: dict) -> str:
@@ -78,19 +53,16 @@ class OpenAIAnnotator:
         if not base_url or not model:
             raise UserError("the openai annotator needs annotate.base_url (e.g. http://host:8000/v1) and "
                             "annotate.model; set them with --set base_url=... --set model=...")
-        if concurrency < 1 or max_retries < 0:
-            raise UserError("annotate.concurrency must be >= 1 and annotate.max_retries >= 0")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.client = ChatClient(base_url, api_key_env, concurrency, max_retries, backoff_base, max_backoff, timeout,
+                                 what="annotate.base_url")
         self.model, self.prompt = model, prompt or DEFAULT_PROMPT
-        self.api_key_env = api_key_env
-        self._api_key = os.environ.get(api_key_env, "")
-        self.concurrency, self.max_retries = concurrency, max_retries
-        self.backoff_base, self.max_backoff, self.timeout = backoff_base, max_backoff, timeout
         self.max_tokens, self.temperature = max_tokens, temperature
         self.cache = ResponseCache(cache_dir)
         self.stats = {"calls": 0, "retries": 0, "requests": 0, "cache_hits": 0, "distinct_sides": 0}
-        self._lock = threading.Lock()
-        self._local = threading.local()
+
+    @property
+    def url(self) -> str:
+        return self.client.url
 
     # ------------------------------------------------------------------------------------------------ one request
 
@@ -104,53 +76,16 @@ class OpenAIAnnotator:
         return {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": self.temperature}
 
-    def _count(self, key: str) -> None:
-        with self._lock:
-            self.stats[key] += 1
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):  # requests.Session is not thread-safe: one per worker thread
-            self._local.session = requests.Session()
-        return self._local.session
-
     def request(self, side: Side) -> str:
         """One side's answer; retries transient failures, raises UserError naming the record otherwise."""
         return self.post(self.payload(side), side.where)
 
     def post(self, body: dict, where: str) -> str:
-        """POST one chat-completions ``body``; retries 429/5xx/timeouts with backoff; ``where`` names the caller's
-        record in errors."""
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            wait = None
-            try:
-                self._count("calls")
-                r = self._session().post(self.url, json=body, headers=headers, timeout=self.timeout)
-            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
-                last = f"{type(e).__name__}: {e}"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return normalise_response(r.json()["choices"][0]["message"])
-                    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                        raise UserError(f"{where}: {self.url} answered 200 without a chat completion "
-                                        f"({type(e).__name__}: {e}; body starts {r.text[:200]!r})") from None
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-                if r.status_code not in RETRY_STATUS and r.status_code < 500:
-                    hint = (f" (is the API key in ${self.api_key_env} right?)" if r.status_code in (401, 403)
-                            else "")
-                    raise UserError(f"{where}: {self.url} refused the request, {last}{hint}")
-                wait = retry_after_seconds(r.headers.get("Retry-After"))
-            if attempt == self.max_retries:
-                break
-            if wait is None:
-                wait = self.backoff_base * 2 ** attempt * random.uniform(0.5, 1.0)
-            self._count("retries")
-            log.debug("%s: %s; retrying in %.2fs", where, last, wait)
-            time.sleep(min(wait, self.max_backoff))
-        raise UserError(f"{where}: {self.url} failed {self.max_retries + 1} times; last error: {last}. "
-                        f"Completed answers are cached in {self.cache.folder}; rerun to resume.")
+        """The normalised answer to one chat-completions ``body`` (the GRPO judge calls this too); ``where`` names
+        the caller's record in errors."""
+        answer = self.client.post(body, where, resume_hint=f"Completed answers are cached in {self.cache.folder}; "
+                                                           "rerun to resume.")
+        return normalise_response(answer["choices"][0]["message"])
 
     # ------------------------------------------------------------------------------------------------ all sides
 
@@ -173,32 +108,16 @@ class OpenAIAnnotator:
             progress.reset(total=len(answers) + len(todo))
             progress.update(len(answers))
 
-        stop = threading.Event()
-
-        def work(key: str, side: Side) -> str | None:
-            if stop.is_set():
-                return None
-            try:
-                response = self.request(side)
-            except BaseException:
-                stop.set()  # here, in the worker, so that no queued request starts after a failure
-                raise
+        def on_answer(key: str, response: str) -> None:
             self.cache.put(key, response)
-            return response
+            answers[key] = response
+            if progress is not None:
+                progress.update(1)
 
         try:
-            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="annotate") as pool:
-                futures = {pool.submit(work, key, side): key for key, side in todo.items()}
-                try:
-                    for future in as_completed(futures):
-                        answers[futures[future]] = future.result()
-                        if progress is not None:
-                            progress.update(1)
-                except BaseException:  # (also Ctrl-C) requests in flight finish and are cached; queued ones never start
-                    stop.set()
-                    for future in futures:
-                        future.cancel()
-                    raise
+            self.client.run_all(((key, lambda side=side: self.request(side)) for key, side in todo.items()),
+                                on_answer, thread_name="annotate")
         finally:
+            self.stats.update(calls=self.client.stats["calls"], retries=self.client.stats["retries"])
             self.cache.close()
         return [answers[key] for key in keys]

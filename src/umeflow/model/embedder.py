@@ -22,7 +22,13 @@ gen:  one batched, left-padded ``generate`` that runs, as UME-R1's evaluation do
       prefill step also yields the disc embedding for free (``Encoded.disc_embeddings``).
       Returned per row: ``generated_ids`` = every token the row generated, through its EOS (inclusive) or to the
       budget; ``texts`` = those tokens decoded without special tokens (reasoning, answer, ``<gen_emb>`` and whatever
-      the model wrote after it, without the EOS).
+      the model wrote after it, without the EOS); ``traces`` = each row's ``Trace`` (the trace cache keeps them).
+
+extract: gen-mode embeddings of given traces (``model.generation``: any engine, the trace cache, a reasoning swapped
+      or removed): one batched, left-padded, teacher-forced prefill over prompt + the tokens the generation fed, read
+      at the same position as the hook path (the state of the last fed ``<gen_emb>``, or the same fallback). On the
+      hf engine's own traces it equals the hook path (tests/test_generation_engines.py); disc embeddings come from
+      the prompt part of the same prefill.
 
 Threads: ``encode`` may be called from several threads at once (the served pyfunc is), but one model is used by
 one call at a time. The forward hook is not the only shared state: Qwen2-VL's model keeps the ``rope_deltas`` of
@@ -46,6 +52,7 @@ from tqdm.auto import tqdm
 
 from umeflow.errors import UserError
 from umeflow.model.backbone import Backbone, language_model, load_backbone
+from umeflow.model.generation import Sampling, Trace
 from umeflow.model.inputs import build_batch
 from umeflow.model.items import Encoded, Item
 from umeflow.model.vision import VisionSizing
@@ -142,11 +149,86 @@ class Embedder:
     # ---------------------------------------------------------------- public API
     def encode(self, items: Sequence[Item | dict], mode: str = "disc", batch_size: int = 8,
                max_new_tokens: int = 256, do_sample: bool = False, temperature: float = 1.0,
-               num_samples: int = 1, seed: int | None = None, progress: bool = True) -> Encoded:
-        """Thread-safe: concurrent calls take turns on the model (module docstring, "Threads")."""
+               num_samples: int = 1, seed: int | None = None, progress: bool = True, engine=None) -> Encoded:
+        """Thread-safe: concurrent calls take turns on the model (module docstring, "Threads"). ``engine``: a
+        generation engine of ``model.generation`` for gen mode (None: in-process ``generate`` with the hook)."""
+        if engine is not None and mode == "gen":
+            return self._encode_with_engine(items, engine, batch_size, max_new_tokens, do_sample, temperature,
+                                            num_samples, seed, progress)
         with self._lock, torch.no_grad():
             return self._encode(items, mode, batch_size, max_new_tokens, do_sample, temperature, num_samples, seed,
                                 progress)
+
+    def _encode_with_engine(self, items, engine, batch_size, max_new_tokens, do_sample, temperature, num_samples,
+                            seed, progress) -> Encoded:
+        if num_samples > 1 and not do_sample:
+            raise UserError("num_samples > 1 needs do_sample=True (greedy decoding gives identical samples)")
+        items = [it if isinstance(it, Item) else Item.from_dict(it) for it in items]
+        if not items:
+            raise UserError("no items to encode")
+        runs = []
+        for s in range(num_samples):  # one pass per sample, each with its own seed: a seeded server repeats itself
+            sampling = Sampling(max_new_tokens, do_sample, temperature, None if seed is None else seed + s)
+            runs.append(self.extract(items, engine.generate(items, sampling), batch_size, progress))
+        if num_samples == 1:
+            return runs[0]
+        enc = runs[0]
+        enc.embeddings = np.stack([r.embeddings for r in runs], axis=1)
+        enc.fallback = np.stack([r.fallback for r in runs], axis=1)
+        for name in ("texts", "generated_ids", "traces"):
+            setattr(enc, name, [[getattr(r, name)[i] for r in runs] for i in range(len(items))])
+        return enc
+
+    def extract(self, items: Sequence[Item], traces: Sequence[Trace], batch_size: int = 8,
+                progress: bool = False) -> Encoded:
+        """Gen (and disc) embeddings of ``items`` given what each generated (module docstring, "extract")."""
+        if len(items) != len(traces):
+            raise ValueError(f"{len(items)} items but {len(traces)} traces")
+        with self._lock, torch.no_grad():
+            embs, discs, fallback, gen_ids = [], [], [], []
+            for start in tqdm(range(0, len(items), batch_size), desc="extract gen", disable=not progress,
+                              total=math.ceil(len(items) / batch_size), leave=False):
+                e, d, f, ids = self._extract_batch(list(items[start:start + batch_size]),
+                                                   list(traces[start:start + batch_size]))
+                embs.append(e)
+                discs.append(d)
+                fallback.extend(f)
+                gen_ids.extend(ids)
+        fb = np.asarray(fallback, dtype=bool)
+        return Encoded(embeddings=np.concatenate(embs), texts=[t.text for t in traces], fallback=fb,
+                       generated_ids=gen_ids, disc_embeddings=np.concatenate(discs), traces=list(traces),
+                       stats={"mode": "gen", "num_items": len(items), "fallback_count": int(fb.sum()),
+                              "generated_tokens": sum(len(i) for i in gen_ids), "extracted": True})
+
+    def _extract_batch(self, items: list[Item], traces: list[Trace]):
+        prompt = self.batch(items)
+        marker = min(self.eos_ids)  # stands for "the row ended with an EOS" in the hook path's own ids
+        own = [t.ids(self.tokenizer) + ([marker] if t.finished else []) for t in traces]
+        fed = [o[:-1] for o in own]  # what the generation fed after the prompt (never its final token)
+        keep = prompt["attention_mask"].bool()
+        prompts = [prompt["input_ids"][b][keep[b]] for b in range(len(items))]
+        lengths = [len(p) + len(f) for p, f in zip(prompts, fed)]
+        width = max(lengths)
+        ids = torch.full((len(items), width), self.tokenizer.pad_token_id, dtype=prompt["input_ids"].dtype)
+        attention = torch.zeros_like(ids)
+        media = torch.zeros_like(ids)
+        for b, (p, f, n) in enumerate(zip(prompts, fed, lengths)):
+            ids[b, width - n:] = torch.cat([p, torch.tensor(f, dtype=ids.dtype)])
+            attention[b, width - n:] = 1
+            media[b, width - n:width - n + len(p)] = prompt["mm_token_type_ids"][b][keep[b]]
+        batch = {**prompt, "input_ids": ids.to(self.device), "attention_mask": attention.to(self.device),
+                 "mm_token_type_ids": media.to(self.device)}
+        states = language_states(self.model, batch)
+        gen_rows, disc_rows, fallback = [], [], []
+        for b, (p, f) in enumerate(zip(prompts, fed)):
+            step, fb = gen_emb_step(own[b], self.backbone.gen_emb_id)  # step 0 = the last prompt token
+            gen_rows.append(states[b, width - 1 - len(f) + step])
+            fallback.append(fb)
+            prompt_start = width - len(p) - len(f)
+            disc_rows.append(gather_last(states[b:b + 1, prompt_start:prompt_start + len(p)], p[None],
+                                         self.backbone.disc_emb_id, self.disc_offset)[0])
+        return (_normalise(torch.stack(gen_rows)), _normalise(torch.stack(disc_rows)), fallback,
+                [o[:-1] if t.finished else o for o, t in zip(own, traces)])
 
     def _encode(self, items, mode, batch_size, max_new_tokens, do_sample, temperature, num_samples, seed,
                 progress) -> Encoded:
@@ -171,6 +253,7 @@ class Embedder:
             enc.fallback = enc.fallback.reshape(n, num_samples)
             enc.texts = [enc.texts[i * num_samples:(i + 1) * num_samples] for i in range(n)]
             enc.generated_ids = [enc.generated_ids[i * num_samples:(i + 1) * num_samples] for i in range(n)]
+            enc.traces = [enc.traces[i * num_samples:(i + 1) * num_samples] for i in range(n)]
             enc.disc_embeddings = enc.disc_embeddings[::num_samples]
         return enc
 
@@ -187,7 +270,7 @@ class Embedder:
     # ---------------------------------------------------------------- gen
     def _encode_gen(self, items: list[Item], batch_size: int, max_new_tokens: int, do_sample: bool,
                     temperature: float, progress: bool) -> Encoded:
-        embs, discs, texts, fallback, gen_ids = [], [], [], [], []
+        embs, discs, texts, fallback, gen_ids, traces = [], [], [], [], [], []
         gen_tokens = 0
         for start in tqdm(range(0, len(items), batch_size), desc="embed gen", disable=not progress,
                           total=math.ceil(len(items) / batch_size), leave=False):
@@ -198,13 +281,14 @@ class Embedder:
             texts.extend(t)
             fallback.extend(f)
             gen_ids.extend(ids)
+            traces.extend(self._trace(text, own) for text, own in zip(t, ids))
             gen_tokens += n
         fb = np.asarray(fallback, dtype=bool)
         if fb.any():  # callers report it (embed step: a warning; evaluate: the rate in the report)
             log.debug("%d of %d items produced no <gen_emb>; used the last generated state (flagged in "
                         "Encoded.fallback)", int(fb.sum()), len(fb))
         return Encoded(embeddings=np.concatenate(embs), texts=texts, fallback=fb, generated_ids=gen_ids,
-                       disc_embeddings=np.concatenate(discs),
+                       disc_embeddings=np.concatenate(discs), traces=traces,
                        stats={"mode": "gen", "num_items": len(items), "fallback_count": int(fb.sum()),
                               "generated_tokens": gen_tokens})
 
@@ -240,6 +324,10 @@ class Embedder:
             texts.append(self.tokenizer.decode([t for t in own if t not in self.eos_ids], skip_special_tokens=True))
         n_tokens = sum(len(o) for o in own_ids)
         return _normalise(torch.stack(rows)), disc, texts, fallback, own_ids, n_tokens
+
+    def _trace(self, text: str, own: list[int]) -> Trace:
+        finished = bool(own) and own[-1] in self.eos_ids
+        return Trace(text, tuple(own[:-1] if finished else own), finished)
 
     def _row_length(self, ids: list[int]) -> int:
         """Number of tokens this row generated itself: through its first EOS, or all of them (budget reached)."""

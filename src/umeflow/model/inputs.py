@@ -49,7 +49,9 @@ def open_image(img: ImageLike) -> Image.Image:
         raise UserError(f"image file {path} cannot be decoded: {e}") from None
 
 
-def _load(img: ImageLike, sizing: VisionSizing, factor: int) -> Image.Image:
+def prepare_image(img: ImageLike, sizing: VisionSizing, factor: int) -> Image.Image:
+    """An image or frame as the image processor receives it: RGB on white, resized as qwen_vl_utils would where the
+    sizing says so (the processor then applies its own pixel limits)."""
     im = open_image(img)
     if not sizing.qwen_vl_utils_resize:
         return im
@@ -141,14 +143,14 @@ def build_batch(processor, items: Sequence[Item], completions: Sequence[str] | N
         text = render_prompt(processor, messages)
         img_counts = []
         if imgs:
-            out = ip(images=[_load(im, sizing, factor) for im in imgs],
+            out = ip(images=[prepare_image(im, sizing, factor) for im in imgs],
                      size={"shortest_edge": image_min, "longest_edge": image_max}, return_tensors="pt")
             images_pv.append(out["pixel_values"])
             images_thw.append(out["image_grid_thw"])
             img_counts = [int(g.prod()) // merge for g in out["image_grid_thw"]]
         vid_counts = []
         for frames in vids:
-            pv, thw = patchify_frames([_load(f, sizing, factor) for f in frames], ip, frame_min, frame_max)
+            pv, thw = patchify_frames([prepare_image(f, sizing, factor) for f in frames], ip, frame_min, frame_max)
             videos_pv.append(pv)
             videos_thw.append(thw)
             vid_counts.append(int(thw.prod()) // merge)

@@ -109,6 +109,7 @@ class Encoded:
     fallback:   gen mode only: True where no ``<gen_emb>`` was generated and the spec's fallback state was used.
     generated_ids: gen mode only: the token ids each item generated, through its EOS (inclusive) or to the budget.
     disc_embeddings: gen mode only: the disc embeddings, read from the same prefill at no extra cost.
+    traces:     gen mode only: each item's ``model.generation.Trace`` (what the trace cache keeps).
     """
 
     embeddings: np.ndarray
@@ -116,4 +117,5 @@ class Encoded:
     fallback: np.ndarray | None = None
     generated_ids: list | None = None
     disc_embeddings: np.ndarray | None = None
+    traces: list | None = None
     stats: dict = field(default_factory=dict)
