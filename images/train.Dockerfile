@@ -1,7 +1,9 @@
 # umeflow GPU training image: SFT, GRPO and evaluation on NVIDIA GPUs, single node or one node of a Kubeflow Trainer
-# TrainJob. CUDA 13.0 toolkit (nvcc and g++ for DeepSpeed's JIT ops and Triton), Python 3.11, torch 2.13.0 built for
-# CUDA 13.0, flash-attn compiled for the target GPUs, DeepSpeed and the rest of requirements-lock.txt, umeflow and the
-# recipes. Optional vLLM (VLLM_VERSION). Never torchvision/torchaudio.
+# TrainJob. CUDA 13.0 toolkit (nvcc and g++ for DeepSpeed's JIT ops and Triton), Python 3.11, and exactly
+# requirements-gpu-lock.txt (`make lock-gpu`): torch 2.13.0 built for CUDA 13.0, vLLM 0.31.0 for GRPO rollouts
+# (grpo.use_vllm, the GPU presets), transformers 5.17.0, TRL, DeepSpeed; then flash-attn compiled for the target
+# GPUs, umeflow and the recipes. This is the image to run configs/presets/*.yaml in: elsewhere `umeflow sft|grpo|
+# run-local` refuse a recipe with grpo.use_vllm: true (umeflow/vllm_support.py).
 #
 #   docker build -f images/train.Dockerfile -t ghcr.io/umeflow/umeflow-train:0.1.0 .
 #   docker build -f images/train.Dockerfile --build-arg FLASH_ATTN_CUDA_ARCHS="80;90;100" --build-arg MAX_JOBS=16 .
@@ -53,46 +55,40 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
 ARG PYTHON_VERSION=3.11
 RUN uv python install "${PYTHON_VERSION}" && uv venv /opt/venv --python "${PYTHON_VERSION}"
 
-# requirements-lock.txt pins torch==2.13.0+cpu, the wheel of the project's CPU machines. Here the same torch version
-# comes as the CUDA build from the PyTorch index of TORCH_BACKEND (uv routes only the torch packages there);
-# every other package installs exactly as locked. TORCH_BACKEND must match the base image's CUDA (cu130).
-# torchvision and torchaudio are excluded from every resolution: no locked package needs them, and a torchvision
-# wheel breaks transformers' Qwen-VL processor imports (DESIGN.md §4).
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_BACKEND=cu130
+# The image's own lock, not requirements-lock.txt: the CPU lock's transformers 5.23.0 is above what any vLLM that
+# installs beside torch 2.13.0 accepts (vLLM 0.33.0 needs torch 2.14.0; 0.32.0 transformers<5.20 and TRL 1.16 allows
+# vLLM<=0.31.0; 0.31.0 transformers<5.18), and vLLM pins torchvision/torchaudio, which the CPU lock never holds.
+# requirements-gpu.in says why each pin differs; everything else keeps the CPU lock's version. torch comes from PyPI,
+# whose Linux x86_64 torch 2.13.0 wheel is the CUDA 13.0 build (cuda-toolkit 13.0.x, matching the base image), so
+# one index serves every package and no --torch-backend routing is needed. torchvision 0.28.0 is the CUDA build for
+# this torch: here (CUDA torch) it imports, unlike on the CPU machines (DESIGN.md §4).
 WORKDIR /src
-COPY requirements-lock.txt ./
-RUN grep -v -E '^torch==' requirements-lock.txt > /tmp/requirements-gpu.txt \
- && printf 'torchvision\ntorchaudio\n' > /tmp/excludes.txt \
- && uv pip install --torch-backend "${TORCH_BACKEND}" --excludes /tmp/excludes.txt \
-        "torch==${TORCH_VERSION}" -r /tmp/requirements-gpu.txt \
- && /opt/venv/bin/python -c "import torch; v = torch.__version__; assert v.startswith('${TORCH_VERSION}+cu'), v"
+COPY requirements-gpu-lock.txt ./
+RUN uv pip install -r requirements-gpu-lock.txt \
+ && /opt/venv/bin/python -c "import torch; v = torch.__version__; c = torch.version.cuda; \
+        assert 'torch==' + v.split('+')[0] in open('requirements-gpu-lock.txt').read().split(), v; \
+        assert c and c.startswith('13.'), ('not a CUDA 13 build', v, c)"
 
 # flash-attn from source, against the torch just installed (no build isolation), for the GPU architectures named
 # here (80 = A100, 90 = H100/H200, 100 = B200). FORCE_BUILD stops setup.py from fetching a prebuilt binary instead.
+# The GPU lock constrains the build, so flash-attn's dependencies (torch, einops) cannot move off the lock.
 ARG FLASH_ATTN_VERSION=2.8.3.post2
 ARG FLASH_ATTN_CUDA_ARCHS="80;90"
 ARG MAX_JOBS=8
 RUN uv pip install "wheel==0.48.0" \
  && FLASH_ATTENTION_FORCE_BUILD=TRUE FLASH_ATTN_CUDA_ARCHS="${FLASH_ATTN_CUDA_ARCHS}" MAX_JOBS="${MAX_JOBS}" \
-    uv pip install --no-build-isolation --constraints /tmp/requirements-gpu.txt --excludes /tmp/excludes.txt \
-        "flash-attn==${FLASH_ATTN_VERSION}"
-
-# Optional vLLM for GRPO rollouts (`--build-arg VLLM_VERSION=x.y.z`). It is resolved against the lock and the
-# installed torch, so a release that needs another torch or transformers fails here with the resolver's reason
-# instead of silently replacing them. As of this lock (torch 2.13.0, transformers 5.23.0) no vLLM release on PyPI
-# fits: 0.33.0 needs torch 2.14.0, 0.32.0 transformers<5.20, 0.31.0 transformers<5.18 (checked with uv pip compile).
-ARG VLLM_VERSION=""
-RUN if [ -n "${VLLM_VERSION}" ]; then \
-      uv pip install --torch-backend "${TORCH_BACKEND}" --constraints /tmp/requirements-gpu.txt \
-          --excludes /tmp/excludes.txt "torch==${TORCH_VERSION}" "vllm==${VLLM_VERSION}"; \
-    fi
+    uv pip install --no-build-isolation --constraints requirements-gpu-lock.txt "flash-attn==${FLASH_ATTN_VERSION}"
 
 COPY pyproject.toml README.md ./
 COPY src ./src
+# Nothing after the lock (flash-attn, umeflow) moved a locked version. vLLM is checked by find_spec (what umeflow's
+# refusal checks) and its metadata, not imported: the build machine may have no GPU driver.
 RUN uv pip install --no-deps . \
- && /opt/venv/bin/python -c "import umeflow, deepspeed, flash_attn" \
- && /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torchvision') is not None)"
+ && /opt/venv/bin/python -c "import umeflow, deepspeed, flash_attn, torchvision; \
+        from importlib import metadata as m, util as u; \
+        lock = dict(line.strip().split('==') for line in open('requirements-gpu-lock.txt') if '==' in line); \
+        moved = {d: m.version(d) for d in lock if m.version(d).split('+')[0] != lock[d]}; \
+        assert u.find_spec('vllm') and not moved, moved"
 
 # ------------------------------------------------------------------------------------------------------- runtime
 FROM base
@@ -100,7 +96,7 @@ FROM base
 ARG UMEFLOW_UID=10001
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="umeflow-train" \
-      org.opencontainers.image.description="umeflow GPU training: CUDA 13.0, torch 2.13.0, flash-attn, DeepSpeed" \
+      org.opencontainers.image.description="umeflow GPU training: CUDA 13.0, torch 2.13.0, vLLM 0.31.0, flash-attn, DeepSpeed" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 

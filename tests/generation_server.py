@@ -17,8 +17,11 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import torch
 from PIL import Image
+
+from umeflow.model.items import Item
 
 
 class GenerationServer:
@@ -93,3 +96,37 @@ class GenerationServer:
             choice["token_ids"] = ids
             answer["prompt_token_ids"] = prompt_ids
         return answer
+
+
+# ---------------------------------------------------------------------------------------------- test model
+
+class _GateHead(torch.nn.Module):
+    """Deterministic stand-in for a trained head: where a hidden feature is high, ``<gen_emb>`` (or EOS) wins the
+    argmax. Hidden states vary with the input and the step, so greedy rows emit ``<gen_emb>`` or not, stop at their
+    own EOS at different lengths, or run to the budget (``_gate`` makes a fed ``<gen_emb>`` lead to EOS)."""
+
+    def __init__(self, head, gen_id: int, eos_id: int, gen_gate: float = 0.42, eos_gate: float = -0.97):
+        super().__init__()
+        self.head, self.gen_id, self.eos_id = head, gen_id, eos_id
+        self.gen_gate, self.eos_gate = gen_gate, eos_gate
+
+    def forward(self, x):
+        out = self.head(x)
+        out[..., self.gen_id] += 1e3 * (x[..., 0] > self.gen_gate)
+        out[..., self.eos_id] += 2e3 * (x[..., 1] > self.eos_gate)
+        return out
+
+
+def gate(backbone, **kw):
+    eos = backbone.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    backbone.model.lm_head = _GateHead(backbone.model.lm_head, backbone.gen_emb_id, eos, **kw)
+    with torch.no_grad():  # a fed <gen_emb> pushes the EOS feature up, so it is followed by EOS, not by itself
+        backbone.model.get_input_embeddings().weight[backbone.gen_emb_id, 1] += 50.0
+
+
+def sample_items(n_text: int = 4):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (56 + 14 * i, 70, 3), dtype=np.uint8)) for i in range(4)]
+    texts = [f"query number {i}: {'a longer description ' * i}" for i in range(n_text)]
+    return ([Item(t) for t in texts] + [Item("what is this?", images=(im,)) for im in images[:3]]
+            + [Item("", images=(images[3],)), Item("two", images=(images[0], images[1]))])

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -430,17 +431,69 @@ def test_dockerfile_sources_are_in_the_build_context(name):
             assert any(src == a or src.startswith(a + "/") for a in allowed), f"{name}: {src} is .dockerignored"
 
 
-def test_train_image_never_resolves_torchvision_and_swaps_the_cpu_torch():
+def _lock(name: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in (REPO / name).read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_train_image_installs_the_gpu_lock_and_nothing_unlocked():
+    """Issue #15 item 4: the train image installs requirements-gpu-lock.txt as is (vLLM always in); every later
+    resolution (flash-attn) is constrained by it, so nothing installs a version the lock does not name."""
     runs = [rest for instr, rest in _instructions(DOCKERFILES["train"]) if instr == "RUN"]
     commands = [c.strip() for r in runs for c in re.split(r"&&|;", r)]
-    resolving = [c for c in commands if "uv pip install" in c and "--no-deps" not in c
-                 and not re.fullmatch(r'uv pip install "wheel==[\d.]+"', c)]
-    assert len(resolving) >= 3, resolving  # torch + lock, flash-attn, vLLM
-    assert all("--excludes /tmp/excludes.txt" in c for c in resolving), resolving
-    assert "printf 'torchvision\\ntorchaudio\\n' > /tmp/excludes.txt" in commands
-    assert "grep -v -E '^torch==' requirements-lock.txt > /tmp/requirements-gpu.txt" in commands
-    lock = (REPO / "requirements-lock.txt").read_text()
-    assert not re.search(r"^torch(vision|audio)==", lock, re.M) and "torch==2.13.0+cpu" in lock.splitlines()
+    installs = [c for c in commands if c.startswith("uv pip install") or " uv pip install " in c]
+    assert "uv pip install -r requirements-gpu-lock.txt" in installs, installs
+    flash = [c for c in installs if "flash-attn==" in c]
+    assert len(flash) == 1 and "--no-build-isolation --constraints requirements-gpu-lock.txt" in flash[0], flash
+    others = set(installs) - {"uv pip install -r requirements-gpu-lock.txt", flash[0]}
+    # the build tool for flash-attn and umeflow itself (--no-deps) are the only other installs
+    assert all(re.fullmatch(r'uv pip install ("wheel==[\d.]+"|--no-deps \.)', c) for c in others), others
+    text = "\n".join(f"{i} {r}" for i, r in _instructions(DOCKERFILES["train"]))
+    assert "requirements-lock.txt" not in text.replace("requirements-gpu-lock.txt", "")
+    assert "VLLM_VERSION" not in text and "--torch-backend" not in text and "--excludes" not in text
+
+
+def test_gpu_lock_holds_cuda_torch_vllm_and_what_vllm_pins():
+    """The pins vLLM 0.31.0 and TRL 1.16 declare, checked against the lock (a hand edit that breaks them fails
+    here, not in a docker build): vllm-0.31.0 METADATA Requires-Dist torch==2.13.0, torchvision==0.28.0,
+    torchaudio==2.11.0, transformers<5.18.0,>=5.10.4, numpy via mistral-common<2.4; trl-1.16.0 extra vllm: vllm<=0.31.0;
+    transformers-5.17.0: huggingface-hub<2.0."""
+    from packaging.specifiers import SpecifierSet
+
+    gpu = _lock("requirements-gpu-lock.txt")
+    assert (gpu["torch"], gpu["torchvision"], gpu["torchaudio"], gpu["vllm"]) == ("2.13.0", "0.28.0", "2.11.0", "0.31.0")
+    assert gpu["trl"] in SpecifierSet("==1.16.0") and gpu["vllm"] in SpecifierSet("<=0.31.0,>=0.22.0")
+    assert gpu["transformers"] in SpecifierSet("<5.18.0,>=5.10.4"), gpu["transformers"]
+    assert gpu["huggingface-hub"] in SpecifierSet("<2.0") and gpu["numpy"] in SpecifierSet("<2.4")
+    assert "cuda-toolkit" in gpu  # PyPI's Linux torch 2.13.0 is the CUDA 13.0 build; +cpu would not pull it
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[\[=<>!~ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    assert names <= set(gpu), names - set(gpu)
+
+
+def test_gpu_lock_differs_from_the_cpu_lock_only_where_the_gpu_pins_force_it():
+    """Shared packages keep the CPU lock's versions (make lock-gpu seeds uv's preferences with it); the exceptions
+    are the ones requirements-gpu.in explains. A regenerated lock that drifts elsewhere fails here."""
+    cpu, gpu = _lock("requirements-lock.txt"), _lock("requirements-gpu-lock.txt")
+    differ = {name: (cpu[name], gpu[name]) for name in set(cpu) & set(gpu) if cpu[name] != gpu[name]}
+    assert set(differ) == {"torch", "transformers", "huggingface-hub", "numpy", "fastapi"}, differ
+    assert differ["torch"] == ("2.13.0+cpu", "2.13.0")
+    explained = (REPO / "requirements-gpu.in").read_text()
+    assert all(name in explained for name in differ), differ
+
+
+def test_cpu_lock_never_holds_torchvision_or_vllm():
+    cpu = _lock("requirements-lock.txt")
+    assert cpu["torch"] == "2.13.0+cpu"
+    assert not {"torchvision", "torchaudio", "vllm"} & set(cpu)
+
+
+def test_ci_runs_the_gpu_lock_compat_tests_after_the_suite():
+    ci = (REPO / ".ci" / "run").read_text()
+    suite, compat = ci.find("make test "), ci.find("make test-gpu-lock-compat")
+    assert 0 <= suite < compat, ci
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^test-gpu-lock-compat:", makefile, re.M) and re.search(r"^lock-gpu:", makefile, re.M)
 
 
 def _hadolint() -> str | None:

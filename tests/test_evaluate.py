@@ -14,6 +14,7 @@ from umeflow.evaluate.metrics import hit_at_k, ndcg_linear_at_k, score_rankings
 from umeflow.evaluate.report import aggregate
 from umeflow.evaluate.runner import EmbeddingStore, evaluate_task
 from umeflow.evaluate.tasks import TaskMeta, load_task, offline_tasks, sample_frames
+from umeflow.model.generation import Trace
 from umeflow.model.items import Encoded
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
@@ -113,16 +114,14 @@ class ColourOracleEmbedder:
             v[3] = 1
         return v / np.linalg.norm(v)
 
-    def encode(self, items, mode="disc", num_samples=1, do_sample=False, **kw):
+    def encode(self, items, mode="disc", num_samples=1, do_sample=False, seed=None, **kw):
         self.seen += len(items)
-        if mode == "gen" and num_samples > 1:
-            e = np.stack([np.stack([self._vec(it, "gen", s) for s in range(num_samples)]) for it in items])
-            return Encoded(embeddings=e, texts=[[""] * num_samples for _ in items],
-                           fallback=np.zeros((len(items), num_samples), bool))
-        e = np.stack([self._vec(it, mode) for it in items])
+        sample = seed if mode == "gen" and do_sample else None  # the store samples pass@k draw s with seed s
+        e = np.stack([self._vec(it, mode, sample) for it in items])
         if mode == "gen":
             return Encoded(embeddings=e, texts=[""] * len(items), fallback=np.zeros(len(items), bool),
-                           disc_embeddings=np.stack([self._vec(it, "disc") for it in items]))
+                           disc_embeddings=np.stack([self._vec(it, "disc") for it in items]),
+                           traces=[Trace("") for _ in items])
         return Encoded(embeddings=e)
 
 

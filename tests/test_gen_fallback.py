@@ -12,6 +12,7 @@ from PIL import Image
 from umeflow.cli import main
 from umeflow.evaluate.cache import EmbeddingCache, content_key, setting_name
 from umeflow.evaluate.runner import EmbeddingStore, fallback_warnings
+from umeflow.model.generation import Trace
 from umeflow.model.items import Encoded, Item
 
 
@@ -88,7 +89,7 @@ class _CountingEmbedder:
         self.seen += len(items)
         e = np.ones((len(items), 2), np.float32) / np.sqrt(2)
         return Encoded(embeddings=e, texts=[""] * len(items), fallback=np.zeros(len(items), bool),
-                       disc_embeddings=e)
+                       disc_embeddings=e, traces=[Trace("") for _ in items])
 
 
 def test_gen_vectors_of_the_old_read_out_are_not_reused(tmp_path):

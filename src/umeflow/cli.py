@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from umeflow.config import (AnnotateConfig, AssetsConfig, ConfigError, DataConfig, EmbedConfig, EvaluateConfig, ModelInitConfig,
                             GRPOConfig, SFTConfig, load_config)
+from umeflow.vllm_support import refuse_missing_vllm
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -277,6 +278,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         annotate.run(cfg)
         return 0
     if cmd == "sft":
+        # a recipe whose GRPO needs vLLM is refused here too: SFT must not spend the GPUs of a run that cannot finish
+        refuse_missing_vllm(args.config, args.overrides)
         from umeflow.steps import sft as sft_step
 
         cfg = load_config(SFTConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,
@@ -286,6 +289,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sft_step.run(cfg)
         return 0
     if cmd == "grpo":
+        refuse_missing_vllm(args.config, args.overrides, bare_keys_are_grpo=True)
         from umeflow.steps import grpo as grpo_step
 
         cfg = load_config(GRPOConfig, args.config, args.overrides, model=args.model, data=args.data, out=args.out,

@@ -144,6 +144,19 @@ class EvaluateConfig(EmbeddingInputs):
     max_queries_per_task: int = 0  # 0 = all; >0 subsamples deterministically (marked in the report)
     pass_k: int = 0  # >0: also sample k gen embeddings per query and report pass@k (an upper bound)
     temperature: float = 1.0  # sampling temperature for pass@k
+    # what generates gen-mode reasoning (the embedding is then read by one teacher-forced prefill): hf = in-process
+    # generate (the CPU default); openai = an OpenAI-compatible server serving this same checkpoint (vLLM, SGLang);
+    # vllm = in-process vLLM (the GPU image). Traces are cached per engine next to the embeddings.
+    engine: Literal["hf", "openai", "vllm"] = "hf"
+    engine_base_url: str = ""  # openai engine: e.g. http://vllm:8000/v1
+    engine_model: str = ""  # openai engine: the served model name
+    engine_api_key_env: str = "OPENAI_API_KEY"  # the variable holding the server's key (read from the environment)
+    engine_concurrency: int = 8
+    engine_max_retries: int = 5
+    vllm_gpu_memory_utilization: float = 0.5  # vllm engine
+    # re-extract each gen-mode query with its <think> reasoning removed and with another query's swapped in (from the
+    # trace cache: prefills only) and report the cosine to the original embedding and the metric change per task
+    faithfulness: bool = False
     cache_dir: str = "state/cache/embeddings"  # persistent embedding cache ("" = memory only)
     cache_chunk_size: int = 64  # items embedded between cache writes: a killed run loses at most this much work
     tracking_uri: str = ""  # MLflow tracking URI; empty = MLFLOW_TRACKING_URI from the environment, if set
@@ -280,7 +293,10 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 50  # 0 = no top-k filter; UME-R1's GenerationConfig(do_sample=True) keeps HF's default 50
-    embedding_source: str = "generation"  # generation: states captured during rollout | forward: extra forward pass
+    # generation: states captured during rollout | forward: one teacher-forced forward over prompt + completion.
+    # use_vllm forces forward (set at load, logged): vLLM cannot return a generated token's hidden state (vLLM issues
+    # #4435, #6165), so the reward reads <gen_emb> from one more forward, as UME-R1's maintainers advise (UME-R1 #11)
+    embedding_source: Literal["generation", "forward"] = "generation"
     # policy optimisation
     learning_rate: float = 1e-6
     lr_scheduler: str = "constant"
@@ -325,9 +341,20 @@ class GRPOConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     use_vllm: bool = False
+    # colocate: a vLLM engine inside every trainer process (vllm_gpu_memory_utilization of each GPU);
+    # server: one `trl vllm-serve` on GPUs of its own that rank 0 sends prompts and pushes weights to
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = 0.3  # colocate only (TRL: the server takes its own, 0.9 by default)
+    # server mode. Empty base URL: `umeflow grpo` connects to vllm_server_host:vllm_server_port (TRL's defaults), and a
+    # pipeline run starts the server itself beside the trainer (umeflow.pipeline.rollout_server) and points the
+    # trainer at it; a URL here means a server someone else runs, and none is started.
     vllm_server_base_url: str = ""
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
+    vllm_server_gpus: int = 1  # GPUs of the server a pipeline run starts (its tensor-parallel size)
+    # how long rank 0 waits for the server (TRL's default 240 s; a pipeline's server pod also waits for scheduling,
+    # its image and the checkpoint load)
+    vllm_server_timeout: float = 900.0
     max_pixels: int = 0  # 0 = the processor's own cap
     # bookkeeping
     logging_steps: int = 1
@@ -335,6 +362,19 @@ class GRPOConfig:
     save_total_limit: int = 2
     resume: bool = True  # as sft.resume: only a complete checkpoint of the same run; false deletes out/checkpoints
     tracking_uri: str = ""
+
+    def __post_init__(self):
+        if self.use_vllm and self.embedding_source != "forward":
+            logging.getLogger(__name__).info(
+                "grpo.use_vllm: the reward's embeddings come from one teacher-forced forward "
+                "(grpo.embedding_source=forward; vLLM cannot return hidden states of generated tokens)")
+            self.embedding_source = "forward"
+        if self.use_vllm and self.vllm_mode == "server":
+            if not 1 <= self.vllm_server_port <= 65535:
+                raise ConfigError(f"grpo.vllm_server_port={self.vllm_server_port} is not a TCP port")
+            if self.vllm_server_gpus < 1:
+                raise ConfigError(f"grpo.vllm_server_gpus={self.vllm_server_gpus}: the rollout server needs at "
+                                  f"least one GPU")
 
 
 

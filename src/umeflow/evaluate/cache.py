@@ -193,11 +193,22 @@ GEN_READOUT_VERSION = 2
 
 
 def setting_name(mode: str, max_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0,
-                 sample: int = 0) -> str:
+                 sample: int = 0, engine: str = "hf") -> str:
+    """The cache folder of one embedding setting. Gen vectors of another generation engine are other vectors (vLLM
+    or a server generates other reasoning than in-process ``generate`` in another precision); the in-process
+    engine keeps the unsuffixed name its vectors always had."""
     if mode == "disc":
         return "disc"
     name = f"gen-v{GEN_READOUT_VERSION}-t{max_new_tokens}"
-    return name + (f"-sample{sample}-temp{temperature:g}" if do_sample else "-greedy")
+    name += f"-sample{sample}-temp{temperature:g}" if do_sample else "-greedy"
+    return name if engine == "hf" else f"{name}-{engine}"
+
+
+def _part_name(suffix: str) -> str:
+    # Shards of one evaluation (pods on a shared volume, where pids repeat) write the same folder at once, so a
+    # name owes nothing to the folder's state or the pid: time orders the parts, a random suffix makes it unique.
+    # Each writer then publishes its own file by rename and no lock is needed (nor trusted on every volume).
+    return f"part-{time.time_ns():020d}-{uuid.uuid4().hex}{suffix}"
 
 
 class EmbeddingCache:
@@ -262,10 +273,7 @@ class EmbeddingCache:
             return
         folder = self.root / setting
         folder.mkdir(parents=True, exist_ok=True)
-        # Shards of one evaluation (pods on a shared volume, where pids repeat) write the same folder at once, so a
-        # name owes nothing to the folder's state or the pid: time orders the parts, a random suffix makes it unique.
-        # Each writer then publishes its own file by rename and no lock is needed (nor trusted on every volume).
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex}.npz"
+        name = _part_name(".npz")
         arrays = {"keys": np.asarray(keys), "vectors": np.asarray(vectors, dtype=np.float32)}
         if texts is not None:
             arrays["texts"] = np.asarray(texts, dtype=str)
@@ -286,3 +294,64 @@ class EmbeddingCache:
             if not info.exists():  # by rename: a shard reading it while another writes sees all or nothing
                 with atomic_path(info) as tmp:
                     tmp.write_text(json.dumps({"model": str(model)}) + "\n")
+
+
+class TraceCache:
+    """What gen mode generated, per engine and sampling setting, beside the embedding cache of the same model and
+    inputs: ``<cache_dir>/<fingerprint>/<inputs>/traces/<engine>-<sampling tag>/part-*.jsonl``, one JSON object per
+    line (``key`` = ``content_key`` of the item, and the ``Trace``). Written in parts like the embeddings (atomic,
+    uniquely named, never rewritten), so it is shared across tasks, runs and shards and a killed run resumes; a part
+    that cannot be read whole is ignored with a warning and its items are generated again. Re-extracting (another
+    read-out, a mode pair, the faithfulness check) then costs a prefill, not a generation."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None, fingerprint: str, inputs: str = ""):
+        self.root = Path(cache_dir).expanduser() / fingerprint / inputs / "traces" if cache_dir else None
+        self._data: dict[str, dict] = {}
+        self.loaded_from_disk = 0
+
+    def _setting(self, setting: str) -> dict:
+        if setting not in self._data:
+            found: dict = {}
+            folder = self.root / setting if self.root is not None else None
+            if folder is not None and folder.is_dir():
+                for part in sorted(folder.glob("part-*.jsonl")):
+                    found.update(self._read_part(part))
+            self.loaded_from_disk += len(found)
+            self._data[setting] = found
+        return self._data[setting]
+
+    @staticmethod
+    def _read_part(part: Path) -> dict:
+        from umeflow.model.generation import Trace
+
+        try:
+            entries = {}
+            for line in part.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if not isinstance(row.get("key"), str):
+                    raise ValueError("a line without a key")
+                entries[row["key"]] = Trace.from_json(row)
+            return entries
+        except Exception as e:  # untrusted bytes: a torn or foreign part adds nothing and is regenerated
+            log.warning("ignoring unreadable trace cache part %s (%s: %s)", part, type(e).__name__, e)
+            return {}
+
+    def get(self, setting: str, key: str):
+        return self._setting(setting).get(key)
+
+    def put(self, setting: str, traces: dict) -> None:
+        """Keep ``{key: Trace}`` (one part on disk)."""
+        if not traces:
+            return
+        self._setting(setting).update(traces)
+        if self.root is None:
+            return
+        folder = self.root / setting
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"key": k, **t.to_json()}, ensure_ascii=False) for k, t in traces.items()]
+        with atomic_path(folder / _part_name(".jsonl")) as tmp:
+            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def describe(self) -> dict:
+        return {"dir": str(self.root) if self.root else None, "loaded_from_disk": self.loaded_from_disk,
+                "settings": {s: len(v) for s, v in self._data.items()}}

@@ -3,7 +3,10 @@
 Embeddings come from an ``EmbeddingStore`` that keys them by content (text + media bytes) and persists them
 (``evaluate.cache``): a candidate shared by many queries or tasks is embedded once per mode and model, and a killed
 run resumes where it stopped. In gen mode the disc embedding is read from the same prefill, so ``--mode both`` costs
-one generation pass.
+one generation pass. Gen mode keeps what it generated in a ``TraceCache`` too: an item whose trace is cached (another
+read-out, another run, the faithfulness check) costs one teacher-forced prefill, not a generation. With the in-process
+``hf`` engine a fresh generation records its states as it goes (no second forward); any other engine (``openai``,
+``vllm``) generates and ``Embedder.extract`` reads the embeddings.
 
 Per task the runner scores every query-mode × target-mode pair it has (disc/disc, disc/gen, gen/disc, gen/gen), the
 oracle (per query the better of disc/disc and gen/gen — an upper bound, it uses the labels), the label-free selector
@@ -21,10 +24,11 @@ from tqdm.auto import tqdm
 
 from umeflow.errors import UserError
 from umeflow.evaluate import selector
-from umeflow.evaluate.cache import EmbeddingCache, content_key, setting_name
+from umeflow.evaluate.cache import EmbeddingCache, TraceCache, content_key, setting_name
 from umeflow.evaluate.metrics import mean_scores, per_query, query_metric_rows
 from umeflow.evaluate.tasks import TaskData, TaskMeta, load_task
-from umeflow.model.items import Item, TextBudget
+from umeflow.model.generation import Sampling
+from umeflow.model.items import Encoded, Item, TextBudget
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,14 @@ def pair_name(qmode: str, tmode: str) -> str:
 
 @dataclass
 class EmbeddingStore:
-    """Embeddings per setting and content key for one model; ``calls`` counts items actually sent to the model."""
+    """Embeddings per setting and content key for one model; ``calls`` counts items actually sent to the model,
+    ``generated`` the gen-mode items generated (not found in the trace cache), ``extracted`` those read by a
+    teacher-forced prefill from a trace."""
 
     embedder: object
     cache: EmbeddingCache = field(default_factory=lambda: EmbeddingCache(None, "memory"))
+    traces: TraceCache = field(default_factory=lambda: TraceCache(None, "memory"))
+    engine: object = None  # a model.generation engine; None = in-process generate with the hook ("hf")
     batch_size: int = 8
     max_new_tokens: int = 64
     chunk_size: int = 64  # items per cache write: a kill loses at most this much work
@@ -48,11 +56,25 @@ class EmbeddingStore:
     progress: bool = True
     calls: int = 0
     requests: int = 0
+    generated: int = 0
+    extracted: int = 0
+
+    @property
+    def engine_name(self) -> str:
+        return "hf" if self.engine is None else self.engine.name
 
     def _gen_setting(self, sample: int | None = None) -> str:
         if sample is None:
-            return setting_name("gen", self.max_new_tokens)
-        return setting_name("gen", self.max_new_tokens, True, self.temperature, sample)
+            return setting_name("gen", self.max_new_tokens, engine=self.engine_name)
+        return setting_name("gen", self.max_new_tokens, True, self.temperature, sample, engine=self.engine_name)
+
+    def _sampling(self, sample: int | None = None) -> Sampling:
+        if sample is None:
+            return Sampling(self.max_new_tokens)
+        return Sampling(self.max_new_tokens, True, self.temperature, seed=sample)
+
+    def trace_setting(self, sample: int | None = None) -> str:
+        return f"{self.engine_name}-{self._sampling(sample).tag()}"
 
     def embed(self, items: list[Item], mode: str, desc: str = "") -> tuple[np.ndarray, list[str]]:
         """(N, D) embeddings of ``items`` in ``mode`` ("disc" or "gen"); computes only what the cache lacks."""
@@ -66,52 +88,81 @@ class EmbeddingStore:
         return np.stack([self.cache.get(setting, k)[0] for k in keys]), keys
 
     def embed_samples(self, items: list[Item], k: int, desc: str = "") -> np.ndarray:
-        """(N, k, D) sampled gen embeddings for pass@k."""
+        """(N, k, D) sampled gen embeddings for pass@k (sample s is generated with seed s)."""
         keys = [content_key(it) for it in items]
-        settings = [self._gen_setting(s) for s in range(k)]
-        todo = dict.fromkeys(key for s in settings for key in self.cache.missing(s, keys))
-        if todo:
-            by_key = dict(zip(keys, items))
-            todo_keys = list(todo)
-            bar = tqdm(total=len(todo_keys), desc=f"{desc} gen×{k}", unit="item", disable=not self.progress,
-                       leave=False)
-            for start in range(0, len(todo_keys), self.chunk_size):
-                chunk = todo_keys[start:start + self.chunk_size]
-                enc = self.embedder.encode([by_key[c] for c in chunk], mode="gen", batch_size=self.batch_size,
-                                           max_new_tokens=self.max_new_tokens, do_sample=True,
-                                           temperature=self.temperature, num_samples=k, progress=False)
-                self.calls += len(chunk) * k
-                for s in range(k):
-                    self.cache.put(settings[s], chunk, enc.embeddings[:, s], [t[s] for t in enc.texts],
-                                   enc.fallback[:, s])
+        by_key = dict(zip(keys, items))
+        for s in range(k):
+            todo = list(dict.fromkeys(self.cache.missing(self._gen_setting(s), keys)))
+            bar = tqdm(total=len(todo), desc=f"{desc} gen sample {s + 1}/{k}", unit="item",
+                       disable=not self.progress or not todo, leave=False)
+            for start in range(0, len(todo), self.chunk_size):
+                chunk = todo[start:start + self.chunk_size]
+                enc = self._generate_and_extract([by_key[c] for c in chunk], chunk, s)
+                self.cache.put(self._gen_setting(s), chunk, enc.embeddings, enc.texts, enc.fallback)
                 bar.update(len(chunk))
             bar.close()
-        return np.stack([np.stack([self.cache.get(s, key)[0] for s in settings]) for key in keys])
+        return np.stack([np.stack([self.cache.get(self._gen_setting(s), key)[0] for s in range(k)])
+                         for key in keys])
 
     def _compute(self, items: list[Item], keys: list[str], mode: str, desc: str) -> None:
         bar = tqdm(total=len(items), desc=f"{desc} {mode}".strip(), unit="item", disable=not self.progress,
                    leave=False)
         for start in range(0, len(items), self.chunk_size):
             chunk_items, chunk_keys = items[start:start + self.chunk_size], keys[start:start + self.chunk_size]
-            self.calls += len(chunk_items)
             if mode == "gen":
-                enc = self.embedder.encode(chunk_items, mode="gen", batch_size=self.batch_size,
-                                           max_new_tokens=self.max_new_tokens, progress=False)
+                enc = self._generate_and_extract(chunk_items, chunk_keys)
                 self.cache.put(self._gen_setting(), chunk_keys, enc.embeddings, enc.texts, enc.fallback)
                 missing_disc = set(self.cache.missing("disc", chunk_keys))
                 if missing_disc:  # the disc vectors came with the same prefill: keep them too
                     idx = [i for i, k in enumerate(chunk_keys) if k in missing_disc]
                     self.cache.put("disc", [chunk_keys[i] for i in idx], enc.disc_embeddings[idx])
             else:
+                self.calls += len(chunk_items)
                 enc = self.embedder.encode(chunk_items, mode="disc", batch_size=self.batch_size, progress=False)
                 self.cache.put("disc", chunk_keys, enc.embeddings)
             bar.update(len(chunk_items))
         bar.close()
 
+    def _generate_and_extract(self, items: list[Item], keys: list[str], sample: int | None = None) -> Encoded:
+        """Gen embeddings of ``items``: traces from the trace cache where it has them (a prefill each), the rest
+        generated and their traces cached — as they arrive, so a failed or killed run keeps what it got."""
+        setting, sampling = self.trace_setting(sample), self._sampling(sample)
+        cached = {i: t for i, k in enumerate(keys) if (t := self.traces.get(setting, k)) is not None}
+        fresh = [i for i in range(len(items)) if i not in cached]
+        self.calls += len(items)
+        self.generated += len(fresh)
+        self.extracted += len(cached) if self.engine is None else len(items)
+        parts: dict[int, tuple] = {}  # item index -> (embedding, disc, text, fallback)
+        if fresh and self.engine is None:  # in-process: the states come with the generation
+            enc = self.embedder.encode([items[i] for i in fresh], mode="gen", batch_size=self.batch_size,
+                                       max_new_tokens=sampling.max_new_tokens, do_sample=sampling.do_sample,
+                                       temperature=sampling.temperature, seed=sampling.seed, progress=False)
+            self.traces.put(setting, {keys[i]: t for i, t in zip(fresh, enc.traces)})
+            parts.update({i: _row(enc, j) for j, i in enumerate(fresh)})
+        elif fresh:
+            got: dict[str, object] = {}
+            try:
+                traces = self.engine.generate([items[i] for i in fresh], sampling,
+                                              on_trace=lambda j, t: got.__setitem__(keys[fresh[j]], t))
+            finally:
+                self.traces.put(setting, got)
+            cached.update(zip(fresh, traces))
+        if cached:
+            order = sorted(cached)
+            enc = self.embedder.extract([items[i] for i in order], [cached[i] for i in order], self.batch_size)
+            parts.update({i: _row(enc, j) for j, i in enumerate(order)})
+        rows = [parts[i] for i in range(len(items))]
+        return Encoded(embeddings=np.stack([r[0] for r in rows]), disc_embeddings=np.stack([r[1] for r in rows]),
+                       texts=[r[2] for r in rows], fallback=np.asarray([r[3] for r in rows], dtype=bool))
+
     def gen_info(self, keys: list[str]) -> tuple[list[str], list[bool]]:
         setting = self._gen_setting()
         entries = [self.cache.get(setting, k) for k in keys]
         return [e[1] or "" for e in entries], [bool(e[2]) for e in entries]
+
+
+def _row(enc: Encoded, j: int) -> tuple:
+    return enc.embeddings[j], enc.disc_embeddings[j], enc.texts[j], bool(enc.fallback[j])
 
 
 def fallback_warnings(results: dict[str, dict], threshold: float, max_new_tokens: int) -> list[str]:

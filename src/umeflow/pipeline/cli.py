@@ -58,7 +58,9 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run-local":
         from umeflow.config import state_dir
         from umeflow.pipeline.local import run_local
+        from umeflow.vllm_support import refuse_missing_vllm
 
+        refuse_missing_vllm(args.config, args.overrides)  # before any task: SFT would run, then GRPO fail
         out = run_local(args.config, args.overrides, args.state or state_dir(), args.eval_shards)
         if out["report"]:
             print(open(out["report"]).read())

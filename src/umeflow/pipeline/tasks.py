@@ -202,17 +202,21 @@ def annotate(recipe: str, overrides: list[str], work_dir: str, data_dir: str, ou
 
 def _train(step: str, cfg_cls: type, recipe: str, overrides: list[str], work_dir: str, model_uri: str,
            data: str, out_uri: str, multinode: dict | None) -> dict:
-    """SFT and GRPO alike: one process here, or a multi-node TrainJob that runs the same CLI on every node."""
+    """SFT and GRPO alike: one process here, or a TrainJob that runs the same CLI under torchrun on every node (and,
+    for GRPO in vLLM server mode, the rollout server beside it)."""
     import importlib
 
     from umeflow.evaluate.cache import model_fingerprint
+    from umeflow.vllm_support import refuse_missing_vllm
 
+    # in the image that runs SFT too: a train image without vLLM must not spend its GPUs on SFT before GRPO fails
+    refuse_missing_vllm(recipe_path(recipe, work_dir), overrides)
     model_dir = staging.local_copy(model_uri, work_dir)
     with staging.output_dir(out_uri, work_dir, skip=TRAINER_STATE) as out:
         cfg = step_config(cfg_cls, recipe, overrides, work_dir, model=str(model_dir), data=data, out=str(out))
-        if multinode and int(multinode.get("num_nodes", 1)) > 1:
-            from umeflow.pipeline import trainjob
+        from umeflow.pipeline import trainjob
 
+        if trainjob.uses_trainjob(cfg, multinode):  # several nodes, or GRPO with a rollout server to start
             trainjob.run_step(step, cfg, recipe_on_volume(recipe, work_dir),
                               section_overrides(overrides, cfg_cls.SECTION), multinode)
             metrics = json.loads((out / "metrics.json").read_text())

@@ -10,6 +10,12 @@ adopts the job it already started instead of starting a second one.
 The nodes see what the launcher sees through the shared work volume (a ReadWriteMany PVC mounted at the same path):
 inputs are copied there first, checkpoints are written there, and the launcher publishes them afterwards. Pods get
 the launcher's image, accelerators, tolerations, node selector, ``/dev/shm`` and the S3/MLflow secrets as env.
+
+GRPO in vLLM server mode (``grpo.use_vllm`` + ``vllm_mode: server`` without a ``vllm_server_base_url``) goes through a
+TrainJob on one node too: the launcher starts the rollout server beside it (``umeflow.pipeline.rollout_server``) and
+points the trainer at it. Nodes always run ``torchrun``, never ``trl``/``accelerate launch``: torchrun reads the
+runtime's ``PET_NNODES``/``PET_NPROC_PER_NODE``/``PET_NODE_RANK``/``PET_MASTER_ADDR`` as its defaults
+(torch/distributed/argparse_util.py:15-34); the other launchers ignore them and silently run at world size 1.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 class TrainJobFailed(RuntimeError):
     """The TrainJob reached ``Failed`` (message carries the controller's reason) or did not finish in time."""
+
+
+class TrainJobTimeout(TrainJobFailed):
+    """The TrainJob did not finish in time; it is left running (with its rollout server) for inspection."""
 
 
 @dataclass
@@ -137,14 +147,25 @@ def validate_manifest(manifest: dict) -> None:
 
 # --------------------------------------------------------------------------------------------- cluster calls
 
-def custom_objects_api():
-    """A ``CustomObjectsApi`` from the pod's service account, else the local kubeconfig."""
-    from kubernetes import client, config
+def load_kube_config() -> None:
+    """The pod's service account, else the local kubeconfig; neither is a ``UserError`` saying why one is needed."""
+    from kubernetes import config
 
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as e:
+            raise UserError(f"no Kubernetes API to start a TrainJob on (multi-node training, or GRPO's vLLM server "
+                            f"mode, runs on a cluster): {e}") from None
+
+
+def custom_objects_api():
+    """A ``CustomObjectsApi`` from the pod's service account, else the local kubeconfig."""
+    from kubernetes import client
+
+    load_kube_config()
     return client.CustomObjectsApi()
 
 
@@ -195,27 +216,47 @@ def follow(namespace: str, name: str, api, timeout_s: float, poll_s: float = 15.
             log.info("TrainJob %s/%s: %s", namespace, name, ", ".join(state) or "pending")
             last = state
         if clock() >= deadline:
-            raise TrainJobFailed(f"TrainJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
+            raise TrainJobTimeout(f"TrainJob {namespace}/{name} did not finish within {timeout_s:.0f}s "
                                  f"(state: {', '.join(state) or 'pending'}); it was left running for inspection")
         sleep(poll_s)
 
 
 def launch(spec: TrainJobSpec, api=None, timeout_s: float = 48 * 3600, poll_s: float = 15.0,
-           sleep: Callable[[float], None] = time.sleep) -> dict:
-    """Build, validate, create (or adopt) and follow a TrainJob to completion."""
+           sleep: Callable[[float], None] = time.sleep, server=None, server_apis=None) -> dict:
+    """Build, validate, create (or adopt) and follow a TrainJob to completion.
+
+    ``server`` (a ``RolloutServerSpec``): start GRPO's rollout server, owned by the TrainJob, once the TrainJob exists,
+    and delete it when the TrainJob completes or fails (on a timeout, or an API error while following, both are left
+    running; the owner reference collects the server with the TrainJob).
+    ``server_apis``: ``(BatchV1Api, CoreV1Api)``."""
     manifest = build_manifest(spec)
     validate_manifest(manifest)
     api = api or custom_objects_api()
-    submit(manifest, api)
-    return follow(spec.namespace, spec.name, api, timeout_s, poll_s, sleep)
+    created = submit(manifest, api)
+    if server is None:
+        return follow(spec.namespace, spec.name, api, timeout_s, poll_s, sleep)
+    from umeflow.pipeline import rollout_server
+
+    batch_api, core_api = server_apis or rollout_server.kube_apis()
+    rollout_server.start(server, created, batch_api, core_api)
+    try:
+        result = follow(spec.namespace, spec.name, api, timeout_s, poll_s, sleep)
+    except TrainJobTimeout:
+        raise  # still training: the server stays with it
+    except TrainJobFailed:
+        rollout_server.stop(server, batch_api, core_api)
+        raise
+    rollout_server.stop(server, batch_api, core_api)
+    return result
 
 
 # ------------------------------------------------------------------------------------ the step on N nodes
 
 def _on_volume(path: str | Path, mount_path: str, what: str) -> None:
     if not Path(path).absolute().is_relative_to(Path(mount_path)):
-        raise UserError(f"multi-node training needs {what} on the shared work volume ({mount_path}); it is at "
-                        f"{path}. Use a checkpoint root under the PVC mount, or s3:// (staged on the volume)")
+        raise UserError(f"a TrainJob (multi-node training, GRPO with a rollout server) needs {what} on the shared "
+                        f"work volume ({mount_path}); it is at {path}. Use a checkpoint root under the PVC mount, or "
+                        f"s3:// (staged on the volume)")
 
 
 def stage_inputs(data: str, dest: Path) -> str:
@@ -243,28 +284,54 @@ def step_command(step: str, recipe_file: str, overrides: list[str], model: str, 
             "--data", data, "--out", out]
 
 
+def uses_trainjob(cfg, multinode: dict | None) -> bool:
+    """Whether a pipeline's training task runs as a TrainJob: several nodes, or GRPO whose rollout server the
+    pipeline must start."""
+    from umeflow.pipeline import rollout_server
+
+    return bool(multinode) and (int(multinode.get("num_nodes", 1)) > 1 or rollout_server.needed(cfg))
+
+
 def run_step(step: str, cfg, recipe_file: str, overrides: list[str], multinode: dict,
-             api=None, sleep: Callable[[float], None] = time.sleep) -> dict:
+             api=None, sleep: Callable[[float], None] = time.sleep, server_apis=None) -> dict:
     """Run ``umeflow <step>`` for ``cfg`` (model/data/out set) on ``multinode['num_nodes']`` nodes and wait.
 
     ``multinode`` carries the launcher's own pod settings: ``run_id``, ``image``, ``gpus_per_node``,
     ``accelerator_type``, ``work_dir`` (the PVC mount path), ``pvc_name``, ``tolerations``, ``node_selector``,
-    ``shm_size``, ``secret_env``, ``env``, ``runtime``, ``namespace`` ('' = the pod's own), ``timeout_s``."""
+    ``shm_size``, ``secret_env``, ``env``, ``runtime``, ``namespace`` ('' = the pod's own), ``timeout_s``.
+    GRPO in vLLM server mode also gets its rollout server (``server_apis``: see ``launch``)."""
+    from umeflow.pipeline import rollout_server
+
     work = multinode["work_dir"]
     name = job_name(multinode["run_id"], step)
     for what, path in (("the model", cfg.model), ("the output", cfg.out), ("the recipe", recipe_file)):
         _on_volume(path, work, what)
     data = stage_inputs(cfg.data, Path(work) / "trainjobs" / name / "inputs")
+    namespace = multinode.get("namespace") or current_namespace()
+    num_nodes, gpus = int(multinode["num_nodes"]), int(multinode.get("gpus_per_node", 1))
+    accelerator = multinode.get("accelerator_type", "nvidia.com/gpu")
+    tolerations, node_selector = list(multinode.get("tolerations") or []), dict(multinode.get("node_selector") or {})
+    timeout_s = float(multinode.get("timeout_s") or 48 * 3600)
+    labels = {"umeflow.io/step": step, "umeflow.io/run": hashlib.sha256(multinode["run_id"].encode()).hexdigest()[:16]}
+    server = None
+    if rollout_server.needed(cfg):
+        server = rollout_server.RolloutServerSpec(
+            name=f"{name}-rollout", namespace=namespace, image=multinode["image"], model=cfg.model,
+            gpus=int(cfg.vllm_server_gpus), port=int(cfg.vllm_server_port), dtype="bfloat16" if cfg.bf16 else "auto",
+            accelerator_type=accelerator, tolerations=tolerations, node_selector=node_selector,
+            pvc_name=multinode.get("pvc_name", ""), mount_path=work, shm_size=multinode.get("shm_size", ""),
+            labels=labels, active_deadline_seconds=int(timeout_s))
+        gpus = rollout_server.split_gpus(num_nodes, gpus, server.gpus)
+        overrides = list(overrides) + rollout_server.trainer_overrides(server)
+        log.info("GRPO rollouts from a vLLM server on %d GPU(s) at %s; trainer: %d node(s) × %d GPU(s)",
+                 server.gpus, server.base_url, num_nodes, gpus)
     spec = TrainJobSpec(
-        name=name, namespace=multinode.get("namespace") or current_namespace(), image=multinode["image"],
+        name=name, namespace=namespace, image=multinode["image"],
         command=step_command(step, recipe_file, overrides, cfg.model, data, cfg.out),
-        num_nodes=int(multinode["num_nodes"]), gpus_per_node=int(multinode.get("gpus_per_node", 1)),
-        accelerator_type=multinode.get("accelerator_type", "nvidia.com/gpu"),
+        num_nodes=num_nodes, gpus_per_node=gpus, accelerator_type=accelerator,
         runtime=multinode.get("runtime") or "torch-distributed", env=dict(multinode.get("env") or {}),
-        secret_env=list(multinode.get("secret_env") or []), tolerations=list(multinode.get("tolerations") or []),
-        node_selector=dict(multinode.get("node_selector") or {}), pvc_name=multinode.get("pvc_name", ""),
-        mount_path=work, shm_size=multinode.get("shm_size", ""),
-        labels={"umeflow.io/step": step,
-                "umeflow.io/run": hashlib.sha256(multinode["run_id"].encode()).hexdigest()[:16]},
+        secret_env=list(multinode.get("secret_env") or []), tolerations=tolerations, node_selector=node_selector,
+        pvc_name=multinode.get("pvc_name", ""), mount_path=work, shm_size=multinode.get("shm_size", ""),
+        labels=labels,
     )
-    return launch(spec, api=api, timeout_s=float(multinode.get("timeout_s") or 48 * 3600), sleep=sleep)
+    return launch(spec, api=api, timeout_s=timeout_s, sleep=sleep, server=server, server_apis=server_apis)

@@ -73,10 +73,23 @@ def trl_arguments(cfg: GRPOConfig, output_dir: Path, world_size: int, report_to:
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
         save_strategy="steps", report_to=report_to, remove_unused_columns=False, bf16=cfg.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing, deepspeed=cfg.deepspeed or None,
-        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        **({"vllm_server_base_url": cfg.vllm_server_base_url} if cfg.vllm_server_base_url else {}),
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=False, log_completions=False,
+        **vllm_arguments(cfg), use_cpu=not torch.cuda.is_available(), disable_tqdm=False, log_completions=False,
     )
+
+
+def vllm_arguments(cfg: GRPOConfig) -> dict:
+    """TRL's vLLM settings (trl/trainer/grpo_config.py:587-680 @1.16.0). Colocate: an engine in every trainer process
+    with ``vllm_gpu_memory_utilization`` of its GPU. Server: only rank 0 talks to the server
+    (trl/generation/vllm_generation.py:300-309), at ``vllm_server_base_url`` when set, else host:port; the server's
+    own GPU share and tensor-parallel size are its command line's (umeflow.pipeline.rollout_server)."""
+    if not cfg.use_vllm:
+        return {"use_vllm": False}
+    if cfg.vllm_mode == "colocate":
+        return {"use_vllm": True, "vllm_mode": "colocate",
+                "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
+    server = ({"vllm_server_base_url": cfg.vllm_server_base_url} if cfg.vllm_server_base_url else
+              {"vllm_server_host": cfg.vllm_server_host, "vllm_server_port": cfg.vllm_server_port})
+    return {"use_vllm": True, "vllm_mode": "server", "vllm_server_timeout": cfg.vllm_server_timeout, **server}
 
 
 def _rewards(cfg: GRPOConfig, rollouts):
