@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--max-new-tokens", type=int)
     ev.add_argument("--max-queries-per-task", type=int)
+    ev.add_argument("--engine", choices=["hf", "openai", "vllm"],
+                    help="what generates gen-mode reasoning: hf (in-process), openai (a server serving this checkpoint:"
+                         " --set engine_base_url=... --set engine_model=...), vllm (in-process, GPU image)")
+    ev.add_argument("--faithfulness", action="store_true", default=None,
+                    help="re-extract each gen query with its reasoning removed / another query's swapped in and "
+                         "report the cosine to the original and the metric change per task")
     ev.add_argument("--merge", nargs="+", metavar="SHARD_DIR",
                     help="merge the outputs of evaluate runs over shards of --tasks into one report")
     ev.add_argument("--compare", metavar="FILE",
@@ -304,7 +310,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(EvaluateConfig, args.config, args.overrides, model=args.model, tasks=args.tasks,
                           mode=args.mode, out=args.out, data_root=args.data_root, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, max_queries_per_task=args.max_queries_per_task,
-                          cache_dir=args.cache_dir, pass_k=args.pass_k, compare=args.compare)
+                          cache_dir=args.cache_dir, pass_k=args.pass_k, compare=args.compare, engine=args.engine,
+                          faithfulness=args.faithfulness)
         evaluate.merge_shards(cfg, args.merge) if args.merge else evaluate.run(cfg)
         return 0
     if cmd == "register":

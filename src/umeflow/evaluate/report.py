@@ -16,7 +16,8 @@ from umeflow.evaluate.selector import gap_closed
 from umeflow.evaluate.tasks import TaskMeta
 
 COLUMN_LABELS = {"disc_disc": "disc", "gen_gen": "gen", "disc_gen": "q disc → t gen", "gen_disc": "q gen → t disc",
-                 "oracle": "oracle†", "selector": "selector (margin)", "selector_cross": "selector (cross-check)"}
+                 "oracle": "oracle†", "selector": "selector (margin)", "selector_cross": "selector (cross-check)",
+                 "fused": "fused L2(disc+gen)"}
 
 
 def column_label(column: str) -> str:
@@ -26,7 +27,7 @@ def column_label(column: str) -> str:
 
 
 def columns_of(results: dict[str, dict]) -> list[str]:
-    order = ["disc_disc", "gen_gen", "disc_gen", "gen_disc", "oracle", "selector", "selector_cross"]
+    order = ["disc_disc", "gen_gen", "disc_gen", "gen_disc", "oracle", "selector", "selector_cross", "fused"]
     present = {c for r in results.values() for c in r["scores"]}
     return [c for c in order if c in present] + sorted(c for c in present if c not in order)
 
@@ -114,11 +115,14 @@ def markdown(ran: list[TaskMeta], expected: list[TaskMeta], results: dict[str, d
                   *(f"- {n}" for n in notes_by_design)]
     if "oracle" in cols:
         lines += ["", "† upper bound: uses the ground truth to choose per query (oracle) or among k samples (pass@k)."]
-    for column in ("selector", "selector_cross"):
+    for column, how in (("selector", "label-free disc/gen choice per query"),
+                        ("selector_cross", "label-free disc/gen choice per query"),
+                        ("fused", "label-free L2(disc + gen) on both sides")):
         gap = selector_gap(aggs, column)
         if gap is not None:
-            lines.append(f"{column_label(column).capitalize()} (label-free disc/gen choice per query) closes "
-                         f"{100 * gap:.1f}% of the gap between the better single mode and the oracle (overall mean).")
+            label = column_label(column)
+            lines.append(f"{label[0].upper() + label[1:]} ({how}) closes {100 * gap:.1f}% of the gap between "
+                         "the better single mode and the oracle (overall mean).")
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from umeflow.errors import UserError
+from umeflow.evaluate import faithfulness as faith
 from umeflow.evaluate import selector
 from umeflow.evaluate.cache import EmbeddingCache, TraceCache, content_key, setting_name
 from umeflow.evaluate.metrics import mean_scores, per_query, query_metric_rows
@@ -155,6 +156,22 @@ class EmbeddingStore:
         return Encoded(embeddings=np.stack([r[0] for r in rows]), disc_embeddings=np.stack([r[1] for r in rows]),
                        texts=[r[2] for r in rows], fallback=np.asarray([r[3] for r in rows], dtype=bool))
 
+    def traces_of(self, items: list[Item]) -> list:
+        """The greedy trace of each item: from the trace cache, generated (and cached) where it is missing (gen
+        vectors that came from an embedding cache older than the trace cache)."""
+        keys = [content_key(it) for it in items]
+        setting = self.trace_setting()
+        missing = list(dict.fromkeys(k for k in keys if self.traces.get(setting, k) is None))
+        if missing:
+            by_key = dict(zip(keys, items))
+            self._generate_and_extract([by_key[k] for k in missing], missing)
+        return [self.traces.get(setting, k) for k in keys]
+
+    def extract(self, items: list[Item], traces: list) -> Encoded:
+        """Gen embeddings of ``items`` read from the given traces (one prefill each; nothing cached)."""
+        self.extracted += len(items)
+        return self.embedder.extract(items, traces, self.batch_size)
+
     def gen_info(self, keys: list[str]) -> tuple[list[str], list[bool]]:
         setting = self._gen_setting()
         entries = [self.cache.get(setting, k) for k in keys]
@@ -233,8 +250,34 @@ def chance_level(meta: TaskMeta, data: TaskData, names: list[str]) -> float | No
     return float(np.mean(per_query))
 
 
+def fused(disc: np.ndarray, gen: np.ndarray) -> np.ndarray:
+    """``L2(disc + gen)`` per row: a label-free combination of the two embeddings of one input."""
+    both = disc + gen
+    return both / np.maximum(np.linalg.norm(both, axis=-1, keepdims=True), 1e-12)
+
+
+def faithfulness_of(data: TaskData, names: list[str], store: EmbeddingStore, q_gen: np.ndarray, c_gen: np.ndarray,
+                    metric: str, original: list[float]) -> dict | None:
+    """The faithfulness entry of one task (``evaluate.faithfulness``); None when no query trace has reasoning."""
+    idx, changed = faith.variants(store.traces_of(data.queries))
+    if not idx:
+        return None
+    rel = getattr(data, "rel_scores", None)
+    out = {"queries": len(idx), "metric": metric, "original": float(np.mean(np.asarray(original)[idx]))}
+    for variant in faith.VARIANTS:
+        vectors = store.extract([data.queries[i] for i in idx], changed[variant]).embeddings
+        out[f"cos_{variant}"] = faith.mean_cosine(vectors, q_gen[idx])
+        q = q_gen.copy()
+        q[idx] = vectors
+        rankings, _, _ = _scores_and_rankings(data, q, names, c_gen)
+        out[variant] = float(np.mean(np.asarray(per_query(rankings, data.labels, metric, rel))[idx]))
+        out[f"delta_{variant}"] = out[variant] - out["original"]
+    return out
+
+
 def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple[str, ...],
-                  max_queries: int = 0, seed: int = 0, pass_k: int = 0, budget: TextBudget | None = None) -> dict:
+                  max_queries: int = 0, seed: int = 0, pass_k: int = 0, budget: TextBudget | None = None,
+                  faithfulness: bool = False) -> dict:
     full = load_task(meta, data_root)
     data = subsample(full, max_queries, seed)
     rel = getattr(data, "rel_scores", None)
@@ -270,6 +313,11 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         cross = selector.choose_cross(raw["disc"], raw["gen"])
         result["scores"]["selector_cross"] = {meta.metric: float(np.where(cross, gg, dd).mean()),
                                               "chose_gen_fraction": float(cross.mean())}
+        rankings, _, _ = _scores_and_rankings(data, fused(q_emb["disc"], q_emb["gen"]), names,
+                                              fused(c_emb["disc"], c_emb["gen"]))
+        rows = query_metric_rows(rankings, data.labels, rel)
+        result["scores"]["fused"] = mean_scores(rows)
+        result["per_query"]["fused"] = [row[meta.metric] for row in rows]
     if pass_k:
         samples = store.embed_samples(data.queries, pass_k, desc=meta.name)
         target_mode = "gen" if "gen" in modes else "disc"
@@ -284,4 +332,9 @@ def evaluate_task(meta: TaskMeta, data_root, store: EmbeddingStore, modes: tuple
         # candidates are generated for too (gen targets): a budget that cuts their reasoning hurts just as much
         result["gen_fallback_rate_candidates"] = float(np.mean(store.gen_info(c_keys)[1])) if c_keys else 0.0
         result["gen_examples"] = texts[:2]
+        if faithfulness:
+            entry = faithfulness_of(data, names, store, q_emb["gen"], c_emb["gen"], meta.metric,
+                                    result["per_query"]["gen_gen"])
+            if entry is not None:
+                result["faithfulness"] = entry
     return result
