@@ -107,3 +107,22 @@ def test_faithfulness_needs_gen_mode(tmp_path, tiny_model_dir, capsys):
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data-root", str(root), "--tasks", "Colors",
                  "--mode", "disc", "--out", str(tmp_path / "e"), "--faithfulness"]) == 2
     assert "--faithfulness re-extracts gen embeddings" in capsys.readouterr().err
+
+
+def test_the_promotion_gate_can_require_that_the_reasoning_matters():
+    from umeflow.registry.gate import ColumnScores, EvalSnapshot, PromotionPolicy, decide
+
+    col = {"disc_disc": ColumnScores(0.5, {"image": 0.5}, True, (), 1, 1)}
+    ignores = EvalSnapshot("offline", ("A",), col, faithfulness={"cos_removed": 0.99, "queries": 10})
+    follows = EvalSnapshot("offline", ("A",), col, faithfulness={"cos_removed": 0.80, "queries": 10})
+    unmeasured = EvalSnapshot("offline", ("A",), col)
+    policy = PromotionPolicy(max_reasoning_cosine=0.95)
+    assert decide(follows, None, policy).passed
+    refused = decide(ignores, None, policy)
+    assert not refused.passed and "mean cosine 0.9900 to the original vs at most 0.9500" in refused.reasons[0]
+    assert "evaluate with --faithfulness" in decide(unmeasured, None, policy).reasons[0]
+    assert decide(ignores, None, PromotionPolicy()).passed  # off by default
+    assert EvalSnapshot.from_json(follows.to_json()) == follows  # recorded on the model version and read back
+    assert EvalSnapshot.from_summary({"tasks": {"A": {"meta": {}}}, "aggregates": {"disc_disc": {
+        "overall": 0.5, "complete": True}}, "faithfulness": {"cos_removed": 0.8}}, "s.json").faithfulness == {
+        "cos_removed": 0.8}

@@ -429,6 +429,9 @@ class PromoteConfig:
     require_same_tasks: bool = True  # challenger and champion scored on the same task set
     required_tasks: str = ""  # also required: task names / mmeb-v2 | image | video | visdoc | offline
     data_root: str = ""  # where `required_tasks: offline` finds tasks.json
+    # > 0: refuse a challenger whose gen embedding hardly moves without its reasoning (evaluate --faithfulness mean
+    # cosine, reasoning removed vs kept, above this); UME-R1 issue #12 measured 0.977 for the released model
+    max_reasoning_cosine: float = 0.0
 
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)

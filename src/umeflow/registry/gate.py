@@ -48,6 +48,8 @@ class EvalSnapshot:
     suite: str  # the evaluated --tasks spec (offline, mmeb-v2, a list ...)
     tasks: tuple[str, ...]  # scored tasks that count (smoke tasks excluded), sorted
     columns: dict[str, ColumnScores]
+    # evaluate --faithfulness means over all tasks (cos_removed, cos_swapped, delta_…, queries); None when not run
+    faithfulness: dict[str, float] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -58,7 +60,8 @@ class EvalSnapshot:
             doc = json.loads(text)
             return cls(suite=str(doc["suite"]), tasks=tuple(doc["tasks"]),
                        columns={c: ColumnScores(**{**v, "missing": tuple(v.get("missing", ()))})
-                                for c, v in doc["columns"].items()})
+                                for c, v in doc["columns"].items()},
+                       faithfulness=doc.get("faithfulness"))
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{source}: not an evaluation snapshot written by `umeflow register` ({e})") from None
 
@@ -87,7 +90,9 @@ class EvalSnapshot:
                                         num_expected=int(agg.get("num_expected", 0)))
         if not columns:
             raise RecordError(source, None, "aggregates", "no score columns")
-        return cls(suite=suite, tasks=tuple(sorted(tasks)), columns=columns)
+        faithful = summary.get("faithfulness")
+        return cls(suite=suite, tasks=tuple(sorted(tasks)), columns=columns,
+                   faithfulness=faithful if isinstance(faithful, dict) else None)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class PromotionPolicy:
     require_complete: bool = True
     required_tasks: frozenset[str] = frozenset()
     require_same_tasks: bool = True
+    # 0 = off; else the mean cosine between a query's gen embedding and the one with its reasoning removed must be at
+    # most this (evaluate --faithfulness): a model whose embedding ignores its reasoning is not promoted
+    max_reasoning_cosine: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -176,6 +184,14 @@ def decide(candidate: EvalSnapshot, champion: EvalSnapshot | None, policy: Promo
             check(f"floor_{modality}", got is not None and got + EPS >= floor,
                   f"{modality} {_fmt(got)} vs floor {floor:.4f}" if got is not None
                   else f"{modality} has a floor of {floor:.4f} but no score (not evaluated or incomplete)")
+
+    if policy.max_reasoning_cosine > 0:
+        got = (candidate.faithfulness or {}).get("cos_removed")
+        check("reasoning_matters", got is not None and got <= policy.max_reasoning_cosine + EPS,
+              f"gen embedding with the reasoning removed: mean cosine {got:.4f} to the original vs at most "
+              f"{policy.max_reasoning_cosine:.4f}" if got is not None else
+              "the policy gates on the reasoning's effect but the evaluation has no faithfulness numbers "
+              "(evaluate with --faithfulness)")
 
     if champion is None:
         check("gain", True, "no champion yet: gain and regression checks do not apply")

@@ -37,6 +37,7 @@ class GateRejected(UserError):
 def policy_of(cfg: PromoteConfig) -> PromotionPolicy:
     floors = {"image": cfg.floor_image, "video": cfg.floor_video, "visdoc": cfg.floor_visdoc}
     for key, value in {"min_overall": cfg.min_overall, "max_modality_regression": cfg.max_modality_regression,
+                       "max_reasoning_cosine": cfg.max_reasoning_cosine,
                        **{f"floor_{m}": v for m, v in floors.items()}}.items():
         if value < 0:
             raise UserError(f"promote.{key}={value}: must be ≥ 0")
@@ -45,7 +46,8 @@ def policy_of(cfg: PromoteConfig) -> PromotionPolicy:
                            max_modality_regression=cfg.max_modality_regression,
                            require_complete=cfg.require_complete,
                            required_tasks=resolve_required_tasks(cfg.required_tasks, cfg.data_root),
-                           require_same_tasks=cfg.require_same_tasks)
+                           require_same_tasks=cfg.require_same_tasks,
+                           max_reasoning_cosine=cfg.max_reasoning_cosine)
 
 
 def snapshot_of(version, name: str) -> EvalSnapshot:
