@@ -21,7 +21,7 @@ def _cos(a, b):
     return (a * b).sum(-1)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # read-only in every test: loaded once
 def gated(tiny_model_dir):
     e = Embedder(tiny_model_dir)
     _gate(e.backbone)
@@ -55,7 +55,7 @@ def test_a_gen_emb_that_was_never_fed_falls_back_like_the_hook_path(gated):
     assert _cos(cut.embeddings[0], cut.embeddings[1]) < 0.999  # fallback at the 3rd token, not the 2nd <gen_emb>
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def server_backbone(tiny_model_dir):
     backbone = load_backbone(tiny_model_dir)  # its own copy of the weights, as a server process has
     _gate(backbone)
@@ -121,3 +121,77 @@ def test_the_openai_engine_refuses_video_items_before_any_request(gated):
     with pytest.raises(UserError, match="video items need the hf or vllm generation engine"):
         engine.generate([_items()[0], clip], Sampling(8))
     assert engine.client.stats["calls"] == 0
+
+
+class _FakeVLLM:
+    """Stands in for the ``vllm`` module (not installable here; mocked): ``LLM.generate`` takes vLLM's prompt dicts
+    (the rendered prompt with one ``<|image_pad|>`` per image, the images as multi-modal data, the pixel limits as
+    ``mm_processor_kwargs``) and, as vLLM does, expands the placeholders with the checkpoint's processor before
+    generating greedily with the served copy of the weights."""
+
+    def __init__(self, backbone):
+        self.backbone, self.calls = backbone, []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kw):
+                self.kw = kw
+
+        class LLM:
+            def __init__(self, **kw):
+                fake.llm_kwargs = kw
+
+            def generate(self, prompts, params, use_tqdm=True):
+                fake.calls.append((prompts, params.kw))
+                return [fake._one(p, params.kw) for p in prompts]
+
+        self.SamplingParams, self.LLM = SamplingParams, LLM
+
+    def _one(self, prompt, kw):
+        from types import SimpleNamespace
+
+        proc = self.backbone.processor
+        limits = prompt["mm_processor_kwargs"]
+        images = prompt["multi_modal_data"].get("image")
+        inputs = proc(text=[prompt["prompt"]], images=images, return_tensors="pt",
+                      **({"images_kwargs": {"size": {"shortest_edge": limits["min_pixels"],
+                                                     "longest_edge": limits["max_pixels"]}}} if images else {}))
+        with torch.no_grad():
+            out = self.backbone.model.generate(**inputs, max_new_tokens=kw["max_tokens"], do_sample=False, top_p=None,
+                                               top_k=None, temperature=None, eos_token_id=kw["stop_token_ids"],
+                                               pad_token_id=proc.tokenizer.pad_token_id)
+        ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+        finished = bool(ids) and ids[-1] in kw["stop_token_ids"]
+        text = proc.tokenizer.decode(ids, skip_special_tokens=True)
+        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, text=text,
+                                                        finish_reason="stop" if finished else "length")])
+
+
+def test_vllm_engine_mocked_feeds_our_prompt_and_pixels_and_equals_in_process(gated, server_backbone, tiny_model_dir,
+                                                                             monkeypatch):
+    import sys
+
+    from umeflow.model.generation import VLLMEngine
+
+    fake = _FakeVLLM(server_backbone)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    engine = VLLMEngine(gated, str(tiny_model_dir), gpu_memory_utilization=0.3)
+    assert fake.llm_kwargs["model"] == str(tiny_model_dir) and fake.llm_kwargs["trust_remote_code"] is False
+    items = _items()
+    remote = gated.encode(items, mode="gen", batch_size=4, max_new_tokens=12, engine=engine)
+    local = gated.encode(items, mode="gen", batch_size=4, max_new_tokens=12)
+    prompts, params = fake.calls[0]
+    assert len(prompts) == len(items) and params["temperature"] == 0.0 and params["max_tokens"] == 12
+    assert [t.token_ids for t in remote.traces] == [t.token_ids for t in local.traces]
+    np.testing.assert_array_equal(remote.fallback, local.fallback)
+    assert _cos(remote.embeddings, local.embeddings).min() >= 0.999
+
+
+def test_vllm_engine_without_vllm_names_the_image(gated, monkeypatch):
+    import sys
+
+    from umeflow.model.generation import VLLMEngine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(UserError, match=r"needs vLLM, which is in the GPU image \(images/train.Dockerfile"):
+        VLLMEngine(gated, "m")

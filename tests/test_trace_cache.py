@@ -15,7 +15,7 @@ from umeflow.model.embedder import Embedder
 from umeflow.model.generation import OpenAIEngine, Trace
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # read-only in every test: loaded once
 def gated(tiny_model_dir):
     e = Embedder(tiny_model_dir)
     gate(e.backbone)
