@@ -70,6 +70,7 @@ test-all: venv
 bench: venv
 	test -d $(STATE)/sft/model || $(MAKE) run-steps
 	$(BIN)/python benchmarks/embed_throughput.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
+	$(BIN)/python benchmarks/gen_engines.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/eval_cache.py --model $(STATE)/models/tiny --data-root $(STATE)/data/eval
 	$(BIN)/python benchmarks/sft_throughput.py --model $(STATE)/models/tiny --data $(STATE)/annotate
 	$(BIN)/python benchmarks/grpo_step.py --model $(STATE)/sft/model --data $(STATE)/data/train
@@ -113,7 +114,7 @@ GPU_COMPAT := .venv-gpu-compat
 GPU_COMPAT_PKGS := transformers|trl|accelerate|tokenizers|safetensors|huggingface-hub
 GPU_COMPAT_TESTS ?= tests/test_backbone.py tests/test_embedder.py tests/test_losses.py tests/test_rewards.py \
 	tests/test_disc_readout.py tests/test_gen_fallback.py tests/test_parity_generation.py tests/test_gradcache.py \
-	tests/test_sft.py tests/test_grpo.py tests/test_evaluate.py tests/test_generation_engines.py
+	tests/test_sft.py tests/test_grpo.py tests/test_evaluate.py tests/test_generation_engines.py tests/test_decode_loop.py
 $(GPU_COMPAT)/.installed: requirements-lock.txt requirements-gpu-lock.txt pyproject.toml
 	@test -x $(GPU_COMPAT)/bin/python || $(PYTHON) -m venv $(GPU_COMPAT)
 	$(GPU_COMPAT)/bin/pip install -q --disable-pip-version-check uv==0.13.9

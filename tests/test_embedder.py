@@ -152,3 +152,32 @@ def test_bad_arguments_and_missing_media_are_clear(embedder, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match="bad.png"):
         embedder.encode([Item("x", images=(tmp_path / "bad.png",))])
+
+
+def test_the_image_processor_is_the_pil_one_even_where_autoprocessor_picks_torchvision(tiny_model_dir, monkeypatch):
+    # In the GPU image torchvision is installed and AutoProcessor returns transformers' torchvision image processor;
+    # umeflow feeds the PIL one everywhere (same pixels on CPU and GPU), built from the checkpoint's own config.
+    import copy
+
+    from transformers import AutoProcessor, Qwen2VLImageProcessorPil
+
+    from umeflow.model.backbone import FAMILIES, load_processor
+
+    here = load_processor(tiny_model_dir, FAMILIES["qwen2_vl"])  # no torchvision here: the no-video fallback
+    assert type(here.image_processor) is Qwen2VLImageProcessorPil
+
+    class TorchvisionImageProcessor:  # stands in for the torchvision backend (not installable here)
+        pass
+
+    gpu_like = copy.deepcopy(here)
+    gpu_like.image_processor = TorchvisionImageProcessor()
+    monkeypatch.setattr(AutoProcessor, "from_pretrained", classmethod(lambda cls, *a, **k: gpu_like))
+    proc = load_processor(tiny_model_dir, FAMILIES["qwen2_vl"])
+    assert proc is gpu_like and type(proc.image_processor) is Qwen2VLImageProcessorPil
+    ip = proc.image_processor
+    # the checkpoint's config, not the class defaults (the tiny checkpoint caps images at 12,544 pixels)
+    assert (ip.size["shortest_edge"], ip.size["longest_edge"], ip.patch_size, ip.merge_size) == (3136, 12544, 14, 2)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 130, 3), dtype=np.uint8))
+    ours, ref = ip(images=[image], return_tensors="pt"), here.image_processor(images=[image], return_tensors="pt")
+    assert torch.equal(ours["pixel_values"], ref["pixel_values"])
+    assert ours["image_grid_thw"].tolist() == ref["image_grid_thw"].tolist()

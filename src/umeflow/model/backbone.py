@@ -82,7 +82,12 @@ def image_processor_for(family: Family, min_pixels: int, max_pixels: int):
 
 
 def load_processor(path: str | os.PathLike, family: Family):
-    """``AutoProcessor`` where it works (torchvision present); otherwise the no-video processor class."""
+    """``AutoProcessor`` where it works (torchvision present); otherwise the no-video processor class. Either way the
+    image part is the PIL (torchvision-free) Qwen-VL image processor, built from the checkpoint's own image
+    processor config: with torchvision installed (the GPU image) ``AutoProcessor`` picks transformers' torchvision
+    backend, whose resizing is not the PIL one, and CPU and GPU runs would feed the model different pixels."""
+    from transformers import Qwen2VLImageProcessorPil
+
     try:
         from transformers import AutoProcessor
 
@@ -90,6 +95,10 @@ def load_processor(path: str | os.PathLike, family: Family):
     except (OSError, AttributeError, ImportError, ValueError) as e:
         log.debug("AutoProcessor failed (%s); using the torchvision-free processor", e)
         proc = _no_video(family.processor_class()).from_pretrained(str(path))
+    if type(proc.image_processor) is not Qwen2VLImageProcessorPil:
+        log.debug("image processor %s replaced by Qwen2VLImageProcessorPil (same config)",
+                  type(proc.image_processor).__name__)
+        proc.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(path))
     tok = proc.tokenizer
     tok.padding_side = "left"  # generation and disc extraction are left-padded (method.md §4.4)
     if not getattr(proc, "chat_template", None):

@@ -149,8 +149,12 @@ def tiny_config(cfg: ModelInitConfig, tok, family: Family):
         patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[vd - 1]), **common)
 
 
-def init_tiny(cfg: ModelInitConfig) -> Path:
-    """Build, save (safetensors) and reload-check a tiny checkpoint at ``cfg.out``; returns the directory."""
+def init_tiny(cfg: ModelInitConfig, *, build_config=None, dtype: torch.dtype | None = None) -> Path:
+    """Build, save (safetensors) and reload-check a tiny checkpoint at ``cfg.out``; returns the directory.
+
+    ``build_config(cfg, tok, family)`` replaces ``tiny_config`` (benchmarks/gpu_check.py builds a full-size Qwen2-VL-2B
+    this way, with the same tokenizer, embedding tokens and processor); ``dtype``, when given, is the dtype the weights
+    are initialised and saved in (bf16 halves a large model's build time and file; default: float32)."""
     from transformers import AutoModelForImageTextToText
 
     from umeflow.io import ensure_writable_dir
@@ -169,8 +173,8 @@ def init_tiny(cfg: ModelInitConfig) -> Path:
         tok = build_qwen_tokenizer(cfg.assets_dir, family.name)
     else:
         tok = build_compact_tokenizer(cfg.assets_dir, cfg.compact_vocab_size)
-    config = tiny_config(cfg, tok, family)
-    model = AutoModelForImageTextToText.from_config(config)
+    config = (build_config or tiny_config)(cfg, tok, family)
+    model = AutoModelForImageTextToText.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
     ids = add_embedding_tokens(model, tok, family)
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id]
     model.generation_config.pad_token_id = tok.pad_token_id
