@@ -99,6 +99,27 @@ def image_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _prepare(images, embedder) -> list:
+    """Images or frames as the in-process path prepares them before the image processor."""
+    ip = embedder.processor.image_processor
+    return [prepare_image(im, embedder.sizing, ip.patch_size * ip.merge_size) for im in images]
+
+
+def _pixel_limits(embedder) -> dict:
+    min_pixels, max_pixels = embedder.sizing.image_limits(embedder.processor.image_processor)
+    return {"min_pixels": min_pixels, "max_pixels": max_pixels}
+
+
+def _trace(text: str, ids, finish_reason, eos_ids) -> Trace:
+    """A Trace from an engine's answer: its ids without a final EOS (when it reports ids), finished unless the
+    budget ran out."""
+    if isinstance(ids, (list, tuple)):
+        ids = tuple(ids[:-1] if ids and ids[-1] in eos_ids else ids)
+    else:
+        ids = None
+    return Trace(text, ids, finished=finish_reason != "length")
+
+
 def chat_messages(item: Item, embedder) -> list[dict]:
     """The OpenAI chat messages of one item: the in-process path's user turn (media first, the 28×28 white image for
     text-only items, then ``text + \\n<disc_emb>\\n`` + the generation prompt), each image prepared as the in-process
@@ -107,9 +128,7 @@ def chat_messages(item: Item, embedder) -> list[dict]:
     if videos:
         raise UserError("video items need the hf or vllm generation engine: the chat-completions API carries video "
                         "files, not the frames umeflow feeds")
-    ip = embedder.processor.image_processor
-    factor = ip.patch_size * ip.merge_size
-    prepared = iter(image_data_url(prepare_image(im, embedder.sizing, factor)) for im in images)
+    prepared = iter(image_data_url(im) for im in _prepare(images, embedder))
     content = [{"type": "image_url", "image_url": {"url": next(prepared)}} if part["type"] == "image" else part
                for part in messages[0]["content"]]
     return [{"role": "user", "content": content}]
@@ -149,12 +168,10 @@ class OpenAIEngine:
         self.prompt_token_ids: dict[int, list[int]] = {}  # per request index of the last call, when the server says
 
     def body(self, item: Item, sampling: Sampling) -> dict:
-        ip = self.embedder.processor.image_processor
-        min_pixels, max_pixels = self.embedder.sizing.image_limits(ip)
         body = {"model": self.model, "messages": chat_messages(item, self.embedder),
                 "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature if sampling.do_sample else 0.0,
                 "top_p": 1.0, "stop_token_ids": sorted(self.embedder.eos_ids), "skip_special_tokens": True,
-                "return_token_ids": True, "mm_processor_kwargs": {"min_pixels": min_pixels, "max_pixels": max_pixels}}
+                "return_token_ids": True, "mm_processor_kwargs": _pixel_limits(self.embedder)}
         if sampling.do_sample and sampling.seed is not None:
             body["seed"] = sampling.seed
         return body
@@ -171,14 +188,10 @@ class OpenAIEngine:
 
         def on_result(i: int, answer: dict) -> None:
             choice = answer["choices"][0]
-            ids = choice.get("token_ids")
             if isinstance(answer.get("prompt_token_ids"), list):
                 self.prompt_token_ids[i] = answer["prompt_token_ids"]
-            eos = self.embedder.eos_ids
-            if isinstance(ids, list) and ids and ids[-1] in eos:
-                ids = ids[:-1]
-            trace = Trace(_message_text(choice["message"]), tuple(ids) if isinstance(ids, list) else None,
-                          finished=choice.get("finish_reason") != "length")
+            trace = _trace(_message_text(choice["message"]), choice.get("token_ids"), choice.get("finish_reason"),
+                           self.embedder.eos_ids)
             traces[i] = trace
             if on_trace is not None:
                 on_trace(i, trace)
@@ -215,17 +228,13 @@ class VLLMEngine:
 
     def prompt(self, item: Item) -> dict:
         messages, images, videos = build_messages(item)
-        e = self.embedder
-        ip = e.processor.image_processor
-        factor = ip.patch_size * ip.merge_size
-        min_pixels, max_pixels = e.sizing.image_limits(ip)
         data = {}
         if images:
-            data["image"] = [prepare_image(im, e.sizing, factor) for im in images]
+            data["image"] = _prepare(images, self.embedder)
         if videos:
-            data["video"] = [[prepare_image(f, e.sizing, factor) for f in frames] for frames in videos]
-        return {"prompt": render_prompt(e.processor, messages), "multi_modal_data": data,
-                "mm_processor_kwargs": {"min_pixels": min_pixels, "max_pixels": max_pixels}}
+            data["video"] = [_prepare(frames, self.embedder) for frames in videos]
+        return {"prompt": render_prompt(self.embedder.processor, messages), "multi_modal_data": data,
+                "mm_processor_kwargs": _pixel_limits(self.embedder)}
 
     def generate(self, items: Sequence[Item], sampling: Sampling, progress=None, on_trace=None) -> list[Trace]:
         params = self._vllm.SamplingParams(
@@ -236,10 +245,7 @@ class VLLMEngine:
         traces = []
         for i, out in enumerate(outputs):
             gen = out.outputs[0]
-            ids = list(gen.token_ids)
-            if ids and ids[-1] in self.embedder.eos_ids:
-                ids = ids[:-1]
-            trace = Trace(gen.text, tuple(ids), finished=gen.finish_reason != "length")
+            trace = _trace(gen.text, list(gen.token_ids), gen.finish_reason, self.embedder.eos_ids)
             traces.append(trace)
             if on_trace is not None:
                 on_trace(i, trace)
